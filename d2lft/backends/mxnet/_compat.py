@@ -1,0 +1,58 @@
+"""Importing MXNet 1.9.1 (and GluonCV) safely beside PyTorch 2.x and a new numpy."""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+MX_HINT = "pip install 'd2lft[mxnet]'  (mxnet==1.9.1 with numpy<1.24)"
+
+
+def import_mxnet():
+    """Import mxnet, keeping torch's CPU thread count as it was."""
+    if "mxnet" in sys.modules:
+        return sys.modules["mxnet"]
+    import numpy
+    major, minor = (int(x) for x in numpy.__version__.split(".")[:2])
+    if (major, minor) >= (1, 24):
+        raise ImportError(f"MXNet 1.9.1 needs numpy<1.24 but numpy {numpy.__version__} is "
+                          f"installed: {MX_HINT}")
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        import mxnet
+    except ImportError as err:
+        raise ImportError(f"the 'mxnet' backend cannot import mxnet ({err}): {MX_HINT}") from err
+    if torch is not None:
+        torch.set_num_threads(before)
+    return mxnet
+
+
+@contextlib.contextmanager
+def _hide_torch():
+    saved = {k: sys.modules[k] for k in list(sys.modules) if k == "torch" or k.startswith("torch.")}
+    for k in saved:
+        del sys.modules[k]
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["torch"]
+        sys.modules.update(saved)
+
+
+def import_gluoncv():
+    """Import GluonCV 0.10.x, whose import raises RuntimeError when torch>=2 is installed.
+
+    GluonCV probes torch to decide whether to offer its torch models; d2lft only uses
+    its MXNet side, so torch is hidden from it during the import (and only then).
+    """
+    if sys.modules.get("gluoncv") is not None:
+        return sys.modules["gluoncv"]
+    import_mxnet()
+    try:
+        with _hide_torch():
+            import gluoncv
+    except ImportError as err:
+        raise ImportError(f"GluonCV is not importable ({err}): {MX_HINT}") from err
+    return gluoncv
+

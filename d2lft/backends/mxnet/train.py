@@ -1,0 +1,115 @@
+"""The chapter's training, MXNet side (the book's `train_ch13`, made safe for any
+number of batches and on CPU-only machines)."""
+from __future__ import annotations
+
+import random
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from ...history import History
+from ...training import TrainingDiverged, check_finite, Reporter
+from .data import make_loaders
+
+WEIGHT_DECAY = 0.001
+
+
+def all_devices():
+    """All GPUs, else the CPU."""
+    n = mx.context.num_gpus()
+    return [mx.gpu(i) for i in range(n)] or [mx.cpu()]
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    mx.random.seed(seed)
+
+
+def _split(X, y, devices):
+    return (gluon.utils.split_and_load(X, devices, even_split=False),
+            gluon.utils.split_and_load(y, devices, even_split=False))
+
+
+def evaluate_accuracy(net, data_iter, devices=None):
+    """Accuracy of `net` over `data_iter` (prediction mode), split over `devices`."""
+    devices = devices or all_devices()
+    correct = total = 0
+    for X, y in data_iter:
+        Xs, ys = _split(X, y, devices)
+        for Xi, yi in zip(Xs, ys):
+            correct += int((net(Xi).argmax(axis=1) == yi.astype("float32")).sum().asscalar())
+        total += y.shape[0]
+    return correct / max(total, 1)
+
+
+def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_group=True, *,
+                      data_dir, image_size=224, devices=None, seed=None, num_workers=None,
+                      verbose=True, train_iter=None, test_iter=None, hybridize=True):
+    """The MXNet tab's `train_fine_tuning` + `train_ch13`: hybridized net, SGD with
+    weight decay 0.001, the head's `lr_mult` (10x), `SoftmaxCrossEntropyLoss` and
+    `trainer.step(batch_size)` (so the gradient is the batch *mean*; see
+    `d2lft.equivalent_lr`). `param_group=False` trains every layer at one rate."""
+    if seed is not None:
+        seed_everything(seed)
+    devices = list(devices) if devices else all_devices()
+    if train_iter is None or test_iter is None:
+        train_iter, test_iter = make_loaders(data_dir, batch_size, image_size,
+                                             num_workers=num_workers, seed=seed)
+    params = net.collect_params()
+    params.reset_ctx(devices)
+    if hybridize:
+        net.hybridize()
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    saved_mult = {name: p.lr_mult for name, p in params.items()}
+    if not param_group:  # Gluon's optimizer reads lr_mult at every step: 1 until the end
+        params.setattr("lr_mult", 1.0)
+    trainer = gluon.Trainer(params, "sgd", {"learning_rate": learning_rate,
+                                            "wd": WEIGHT_DECAY})
+    history = History(backend="mxnet", devices=[str(d) for d in devices],
+                      config=dict(learning_rate=learning_rate, batch_size=batch_size,
+                                  num_epochs=num_epochs, param_group=param_group,
+                                  image_size=image_size, seed=seed,
+                                  weight_decay=WEIGHT_DECAY, loss_reduction="mean"))
+    report = Reporter(history, num_epochs, verbose)
+    start = time.perf_counter()
+    train_time = 0.0
+    try:
+        for epoch in range(num_epochs):
+            loss_sum, correct, n = 0.0, 0, 0
+            for i, (X, y) in enumerate(train_iter):
+                t0 = time.perf_counter()
+                Xs, ys = _split(X, y, devices)
+                with autograd.record():
+                    preds = [net(Xi) for Xi in Xs]
+                    ls = [loss(p, yi) for p, yi in zip(preds, ys)]
+                for l in ls:
+                    l.backward()
+                trainer.step(y.shape[0])
+                batch_loss = sum(float(l.sum().asscalar()) for l in ls)
+                correct += sum(int((p.argmax(axis=1) == yi.astype("float32")).sum().asscalar())
+                               for p, yi in zip(preds, ys))
+                check_finite(batch_loss, epoch, i, learning_rate)
+                loss_sum += batch_loss
+                n += y.shape[0]
+                train_time += time.perf_counter() - t0
+                report.batch(epoch, i)
+            test_acc = evaluate_accuracy(net, test_iter, devices)
+            history.num_examples += n
+            history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
+            report.epoch(epoch)
+    except KeyboardInterrupt:
+        history.completed = False
+        history.stopped_reason = "interrupted (Ctrl-C)"
+    finally:
+        for name, p in params.items():
+            p.lr_mult = saved_mult[name]
+    history.examples_per_sec = history.num_examples / train_time if train_time else float("nan")
+    history.wall_seconds = time.perf_counter() - start
+    report.done()
+    return history
+
+
+__all__ = ["train_fine_tuning", "all_devices", "evaluate_accuracy", "TrainingDiverged"]

@@ -1,0 +1,134 @@
+"""The chapter's networks, PyTorch side: torchvision ResNet-18 with a new head."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import torch
+import torchvision
+from torch import nn
+
+DEFAULT_ARCH = "resnet18"
+ARCHS = ("resnet18", "resnet18_v1")
+HEAD_LR_MULT = 10
+HEAD = "fc"
+
+
+def _check_arch(arch):
+    arch = DEFAULT_ARCH if arch is None else arch
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r} for the torch backend; choose one of {ARCHS}")
+    return arch
+
+
+def _check_classes(num_classes):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+
+
+def _new_net(arch, num_classes=1000, weights=None):
+    return torchvision.models.resnet18(weights=weights, num_classes=num_classes)
+
+
+def head(net) -> nn.Module:
+    """The classifier layer that fine-tuning replaces (`fc`)."""
+    return getattr(net, HEAD)
+
+
+def _set_head(net, num_classes, lr_mult):
+    old = head(net)
+    fc = nn.Linear(old.in_features, num_classes)
+    nn.init.xavier_uniform_(fc.weight)
+    if lr_mult != 1:
+        for p in fc.parameters():
+            p.lr_mult = lr_mult
+    setattr(net, HEAD, fc)
+    return old
+
+
+def load_state_dict_file(path):
+    """Read a torch weights file safely (`weights_only=True`: no pickle code runs)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        sd = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for bad files
+        raise ValueError(f"{path} is not a readable torch weights file ({err})") from err
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state_dict")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_features(net, state_dict, source="weights"):
+    """Copy every non-head parameter and buffer from `state_dict` into `net`.
+
+    Every feature tensor must be present with the right shape; a missing, extra or
+    misshapen entry raises ValueError naming it.
+    """
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith(HEAD + ".")}
+    theirs = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
+    missing = sorted(set(own) - set(theirs))
+    extra = sorted(set(theirs) - set(own))
+    if missing or extra:
+        raise ValueError(f"{source} does not fit this network: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+                         f"{'...' if len(extra) > 5 else ''}")
+    for k, v in own.items():
+        if tuple(theirs[k].shape) != tuple(v.shape):
+            raise ValueError(f"{source}: parameter {k!r} has shape {tuple(theirs[k].shape)}, "
+                             f"the network expects {tuple(v.shape)}")
+    net.load_state_dict({**net.state_dict(), **theirs})
+    return net
+
+
+def build_finetune_net(num_classes=2, pretrained=True, arch=None):
+    """The chapter's `finetune_net`: ResNet-18 features from `pretrained`, a new
+    Xavier-initialised `fc` with `num_classes` outputs whose parameters carry
+    `lr_mult = 10` (honoured by `train_fine_tuning`).
+
+    `pretrained`: True (torchvision's ImageNet weights, through its weights enum and
+    cache), a path to a torch state_dict file, or False (random features).
+    """
+    arch = _check_arch(arch)
+    _check_classes(num_classes)
+    if pretrained is True:
+        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        try:
+            net = _new_net(arch, weights=weights)
+        except Exception as err:
+            cache = pathlib.Path(torch.hub.get_dir()) / "checkpoints"
+            raise RuntimeError(
+                f"could not get the ImageNet ResNet-18 weights ({err}). Offline? Download "
+                f"{weights.url} and place it in {cache}, or pass pretrained=PATH") from err
+        net.source_classes = list(weights.meta["categories"])
+    elif pretrained is False or pretrained is None:
+        net = _new_net(arch)
+        net.source_classes = None
+    else:
+        sd = load_state_dict_file(pretrained)
+        n_src = sd["fc.weight"].shape[0] if "fc.weight" in sd else 1000
+        net = _new_net(arch, num_classes=n_src)
+        load_features(net, sd, source=str(pretrained))
+        if "fc.weight" in sd:
+            net.fc.load_state_dict({"weight": sd["fc.weight"], "bias": sd["fc.bias"]})
+        net.source_classes = None
+    # plain attributes (object.__setattr__), so the old head is not a submodule
+    object.__setattr__(net, "source_head", _set_head(net, num_classes, HEAD_LR_MULT))
+    net.arch = arch
+    return net
+
+
+def build_scratch_net(num_classes=2, arch=None):
+    """The chapter's `scratch_net`: the same architecture with torchvision's random
+    initialisation and a new `nn.Linear` head (as the book's PyTorch tab), one
+    learning rate for all layers."""
+    arch = _check_arch(arch)
+    _check_classes(num_classes)
+    net = _new_net(arch, num_classes=num_classes)
+    net.source_classes = None
+    object.__setattr__(net, "source_head", None)
+    net.arch = arch
+    return net

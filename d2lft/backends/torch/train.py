@@ -1,0 +1,115 @@
+"""The chapter's training, PyTorch side (the book's `train_ch13`, made safe on CPU)."""
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...history import History
+from ...training import TrainingDiverged, check_finite, Reporter
+from .data import make_loaders
+
+WEIGHT_DECAY = 0.001
+
+
+def all_devices():
+    """All GPUs, else the CPU (the book's `try_all_gpus` returns [] on a CPU machine,
+    and its `train_ch13` then fails with IndexError)."""
+    n = torch.cuda.device_count()
+    return [torch.device(f"cuda:{i}") for i in range(n)] or [torch.device("cpu")]
+
+
+def param_groups(net, learning_rate, param_group=True):
+    """The chapter's optimizer parameter groups: parameters whose `lr_mult` is set
+    (the new head) get `learning_rate * lr_mult`, all others `learning_rate`."""
+    if not param_group:
+        return [{"params": list(net.parameters()), "lr": learning_rate}]
+    groups = {}
+    for p in net.parameters():
+        groups.setdefault(getattr(p, "lr_mult", 1), []).append(p)
+    return [{"params": ps, "lr": learning_rate * mult} for mult, ps in sorted(groups.items())]
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def evaluate_accuracy(net, data_iter, device=None):
+    """Accuracy of `net` over `data_iter` (eval mode, no gradients)."""
+    device = device or next(net.parameters()).device
+    net.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for X, y in data_iter:
+            X, y = X.to(device), y.to(device)
+            correct += (net(X).argmax(dim=1) == y).sum().item()
+            total += y.numel()
+    return correct / max(total, 1)
+
+
+def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_group=True, *,
+                      data_dir, image_size=224, devices=None, seed=None, num_workers=None,
+                      verbose=True, train_iter=None, test_iter=None):
+    """The PyTorch tab's `train_fine_tuning` + `train_ch13`: SGD with weight decay
+    0.001, 10x learning rate on parameters marked `lr_mult`, per-example losses
+    (`reduction='none'`) summed before `backward()` (so the gradient is the batch
+    *sum*; see `d2lft.equivalent_lr`)."""
+    if seed is not None:
+        seed_everything(seed)
+    devices = list(devices) if devices else all_devices()
+    if train_iter is None or test_iter is None:
+        train_iter, test_iter = make_loaders(data_dir, batch_size, image_size,
+                                             num_workers=num_workers, seed=seed)
+    loss = nn.CrossEntropyLoss(reduction="none")
+    trainer = torch.optim.SGD(param_groups(net, learning_rate, param_group), lr=learning_rate,
+                              weight_decay=WEIGHT_DECAY)
+    model = nn.DataParallel(net, device_ids=devices) if len(devices) > 1 else net
+    model.to(devices[0])
+    history = History(backend="torch", devices=[str(d) for d in devices],
+                      config=dict(learning_rate=learning_rate, batch_size=batch_size,
+                                  num_epochs=num_epochs, param_group=param_group,
+                                  image_size=image_size, seed=seed,
+                                  weight_decay=WEIGHT_DECAY, loss_reduction="sum"))
+    report = Reporter(history, num_epochs, verbose)
+    start = time.perf_counter()
+    train_time = 0.0
+    try:
+        for epoch in range(num_epochs):
+            loss_sum, correct, n = 0.0, 0, 0
+            for i, (X, y) in enumerate(train_iter):
+                t0 = time.perf_counter()
+                X, y = X.to(devices[0]), y.to(devices[0])
+                model.train()
+                trainer.zero_grad()
+                pred = model(X)
+                l = loss(pred, y)
+                l.sum().backward()
+                trainer.step()
+                with torch.no_grad():
+                    batch_loss = float(l.sum())
+                    correct += (pred.argmax(dim=1) == y).sum().item()
+                check_finite(batch_loss, epoch, i, learning_rate)
+                loss_sum += batch_loss
+                n += y.numel()
+                train_time += time.perf_counter() - t0
+                report.batch(epoch, i)
+            test_acc = evaluate_accuracy(model, test_iter, devices[0])
+            history.num_examples += n
+            history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
+            report.epoch(epoch)
+    except KeyboardInterrupt:
+        history.completed = False
+        history.stopped_reason = "interrupted (Ctrl-C)"
+    history.examples_per_sec = history.num_examples / train_time if train_time else float("nan")
+    history.wall_seconds = time.perf_counter() - start
+    report.done()
+    return history
+
+
+__all__ = ["train_fine_tuning", "all_devices", "param_groups", "evaluate_accuracy",
+           "TrainingDiverged"]
