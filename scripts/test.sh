@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: the whole suite, offline, on the CPU.
+# Set up (.venv with both frameworks) and run the whole suite, offline, on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 exec .venv/bin/python -m pytest -q tests "$@"
