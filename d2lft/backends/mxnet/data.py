@@ -3,24 +3,65 @@ from __future__ import annotations
 
 import os
 
+import mxnet as mx
+import numpy as np
 from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
-from ...data import check_image_folder
+from ...data import list_images, load_rgb
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 
 
-def image_folder(path, transform=None):
+class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
+    """Gluon's `ImageFolderDataset` listing and decoding images the d2lft way (shared
+    with the PyTorch backend): the same suffixes (`d2lft.data.IMAGE_SUFFIXES`; Gluon's
+    own reads only .jpg/.jpeg/.png), hidden files and folders skipped, each file's
+    header checked (or, with `skip_bad=True`, unreadable files skipped with a
+    warning), and every mode decoded to 8-bit RGB with PIL (`d2lft.data.load_rgb`),
+    so both backends see the same pixels; errors name the file."""
+
+    def __init__(self, root, flag=1, transform=None, *, skip_bad=False):
+        self._skip_bad = skip_bad
+        super().__init__(os.fspath(root), flag=flag, transform=transform)
+
+    def _list_images(self, root):
+        self.synsets, self.items = list_images(root, skip_bad=self._skip_bad)
+
+    def __getitem__(self, idx):
+        path, label = self.items[idx]
+        img = load_rgb(path)
+        arr = np.asarray(img.convert("L"))[:, :, None] if self._flag == 0 else np.asarray(img)
+        img = mx.nd.array(arr, dtype="uint8")
+        if self._transform is not None:
+            return self._transform(img, label)
+        return img, label
+
+
+def image_folder(path, transform=None, *, skip_bad=False):
     """The chapter's `gluon.data.vision.ImageFolderDataset` over one split folder.
 
-    Items are (HxWx3 uint8 NDArray, class index). `transform`, if given, is applied
-    to the image (`transform_first`).
+    Items are (HxWx3 uint8 NDArray, class index); see :class:`ImageFolderDataset`.
+    `transform`, if given, is applied to the image (`transform_first`).
     """
-    check_image_folder(path)
-    ds = gluon.data.vision.ImageFolderDataset(os.fspath(path), flag=1)
+    ds = ImageFolderDataset(path, flag=1, skip_bad=skip_bad)
     return ds.transform_first(transform) if transform is not None else ds
+
+
+class RandomResizedCrop(transforms.RandomResizedCrop):
+    """Gluon's RandomResizedCrop, safe for images of a few pixels: Gluon's sampler can
+    round a crop of a tiny image (area under ~5 px) to 0 pixels wide, and OpenCV then
+    fails. Such images take Gluon's own fallback (a center crop resized to `size`);
+    all others go through Gluon's sampler unchanged."""
+
+    MIN_AREA = 32
+
+    def forward(self, x):
+        if x.shape[0] * x.shape[1] < self.MIN_AREA:
+            size, _, _, interp = self._args
+            return mx.image.center_crop(x, size, interp)[0]
+        return super().forward(x)
 
 
 def normalize():
@@ -34,7 +75,7 @@ def test_resize(image_size: int) -> int:
 def train_augs(image_size: int = 224):
     """RandomResizedCrop, RandomFlipLeftRight, ToTensor, ImageNet normalisation."""
     return transforms.Compose([
-        transforms.RandomResizedCrop(image_size),
+        RandomResizedCrop(image_size),
         transforms.RandomFlipLeftRight(),
         transforms.ToTensor(),
         normalize()])

@@ -7,20 +7,41 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from ...data import check_image_folder
+from ...data import list_images, load_rgb
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 
 
-def image_folder(path, transform=None):
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's `ImageFolder` listing and decoding images the d2lft way (shared
+    with the MXNet backend): the same suffixes (`d2lft.data.IMAGE_SUFFIXES`), hidden
+    files and folders skipped, each file's header checked (or, with `skip_bad=True`,
+    unreadable files skipped with a warning), and every mode (grayscale, palette,
+    RGBA, CMYK, 16-bit) decoded to 8-bit RGB by `d2lft.data.load_rgb`, whose errors
+    name the file."""
+
+    def __init__(self, root, transform=None, target_transform=None, *, skip_bad=False):
+        self._skip_bad = skip_bad
+        super().__init__(os.fspath(root), transform=transform,
+                         target_transform=target_transform, loader=load_rgb)
+
+    def find_classes(self, directory):
+        classes, self._listed = list_images(directory, skip_bad=self._skip_bad)
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
+                     allow_empty=False):
+        listed, self._listed = self._listed, None
+        return list(listed)
+
+
+def image_folder(path, transform=None, *, skip_bad=False):
     """The chapter's `torchvision.datasets.ImageFolder` over one split folder.
 
-    Items are (PIL RGB image, class index); every image mode (grayscale, palette,
-    RGBA, CMYK, 16-bit) is converted to RGB by torchvision's default loader.
+    Items are (PIL RGB image, class index); see :class:`ImageFolder`.
     """
-    check_image_folder(path)
-    return torchvision.datasets.ImageFolder(os.fspath(path), transform=transform)
+    return ImageFolder(path, transform=transform, skip_bad=skip_bad)
 
 
 def normalize():
@@ -67,8 +88,11 @@ def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=No
         generator.manual_seed(seed)
     train = image_folder(os.path.join(data_dir, "train"), train_augs(image_size))
     test = image_folder(os.path.join(data_dir, "test"), test_augs(image_size))
+    # persistent workers keep their random state from epoch to epoch; with a seed each
+    # epoch's workers are seeded afresh from the loader's generator (reseeded per epoch
+    # by train_fine_tuning), which is what makes resume= exact
     kw = dict(num_workers=num_workers, pin_memory=pin_memory,
-              persistent_workers=num_workers > 0)
+              persistent_workers=num_workers > 0 and seed is None)
     train_iter = torch.utils.data.DataLoader(train, batch_size, shuffle=shuffle,
                                              generator=generator, **kw)
     test_iter = torch.utils.data.DataLoader(test, batch_size, **kw)
