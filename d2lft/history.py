@@ -7,6 +7,9 @@ import math
 import pathlib
 
 
+_FLOAT_FIELDS = ("examples_per_sec", "wall_seconds", "peak_host_mb", "peak_device_mb")
+
+
 @dataclasses.dataclass
 class History:
     """The record of one `train_fine_tuning` run.
@@ -15,6 +18,10 @@ class History:
     accuracy are the epoch's running means, as the book's `train_ch13` computes
     them). `examples_per_sec` is the book's figure (training examples over the time
     spent in training steps); `wall_seconds` is the whole run, evaluation included.
+    `peak_host_mb`: the run's peak resident host memory (MiB, sampled);
+    `peak_device_mb`: peak GPU memory allocated by the framework (NaN on CPU);
+    `trained_params`: how many parameters the optimizer updated (the head's only
+    with `freeze=True`).
     """
     backend: str
     devices: list
@@ -27,6 +34,9 @@ class History:
     config: dict = dataclasses.field(default_factory=dict)
     completed: bool = True
     stopped_reason: str = ""
+    peak_host_mb: float = float("nan")
+    peak_device_mb: float = float("nan")
+    trained_params: int = 0
 
     @property
     def epochs(self) -> int:
@@ -68,7 +78,7 @@ class History:
     @classmethod
     def from_dict(cls, d: dict) -> "History":
         fields = {f.name for f in dataclasses.fields(cls)}
-        d = {k: (float("nan") if v is None and k in ("examples_per_sec", "wall_seconds") else v)
+        d = {k: (float("nan") if v is None and k in _FLOAT_FIELDS else v)
              for k, v in d.items() if k in fields}
         return cls(**d)
 

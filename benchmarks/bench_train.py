@@ -1,0 +1,357 @@
+#!/usr/bin/env python
+"""Book pipeline vs d2lft's fast pipeline, same data, one run (issue 5).
+
+    python benchmarks/bench_train.py                       # torch, 2000/800 synthetic
+    python benchmarks/bench_train.py --backend both --train 256 --test 128 \\
+        --image-size 112 --epochs 1                        # a small CPU check
+    python benchmarks/bench_train.py --data-dir ../shared/data/hotdog-real.zip \\
+        --weights ../shared/data/food100-resnet18.pth --image-size 112
+
+For every variant (``--variants``, default ``book,fast,fast-freeze``) it trains a
+fresh network from the same initial weights with ``d2lft.train_fine_tuning`` and
+reports wall-clock images/s over training *and* evaluation
+(``epochs * (train + test) / wall seconds`` of the whole call: data setup, decoding,
+training and the per-epoch evaluation), the ratio to the book pipeline, the final test
+accuracy, the peak host and device memory and the number of trained parameters.
+The fast variants start with an empty decode cache, so their one-time decoding is
+included. Results go to ``--out`` (default ``benchmarks/results/``) as JSON and
+markdown with the machine, the library versions and the command line.
+
+Without ``--data-dir`` it writes a synthetic hotdog-shaped JPEG folder (two classes,
+sizes drawn from 200-500 px; ``--train``/``--test`` images in all, split evenly) into
+a temporary folder, reused by later runs with the same settings. Needs only numpy,
+Pillow and the backend's framework: no network (``--weights`` is a local file,
+otherwise the network starts from random weights).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+VARIANTS = {
+    "book": dict(pipeline="book"),
+    "fast": dict(pipeline="fast"),
+    "fast-compile": dict(pipeline="fast", compile=True),
+    "fast-freeze": dict(pipeline="fast", freeze=True),
+    "book-freeze": dict(pipeline="book", freeze=True),
+}
+CLASSES = ("hotdog", "not-hotdog")
+
+
+# ------------------------------------------------------------------ synthetic data
+
+def _synthetic_image(rng, hotdog: bool):
+    """A photo-sized JPEG-able image: hot dogs are a sausage on a bun; the others are
+    a few shapes in random colours (some in hot-dog colours too)."""
+    from PIL import Image, ImageDraw, ImageFilter
+    w, h = (int(v) for v in rng.integers(200, 501, 2))
+    base = rng.integers(30, 226, 3)
+    grad = np.linspace(-40, 40, w)[None, :, None] * rng.choice([-1, 1])
+    arr = np.clip(base + grad + rng.normal(0, 18, (h, w, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(arr)
+    d = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(0, 3))):  # clutter in both classes
+        c = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x0, y0 = rng.integers(0, w), rng.integers(0, h)
+        d.rectangle([x0, y0, x0 + rng.integers(10, w // 3), y0 + rng.integers(10, h // 3)],
+                    fill=c)
+    s = rng.uniform(0.45, 0.9)
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    if hotdog:
+        L, T = s * min(w, h) * rng.uniform(0.8, 1.1), s * min(w, h) * rng.uniform(0.25, 0.35)
+        vertical = rng.random() < 0.3
+        bun = tuple(int(v) for v in np.clip(np.array([214, 170, 110]) + rng.normal(0, 15, 3),
+                                            0, 255))
+        dog = tuple(int(v) for v in np.clip(np.array([165, 62, 40]) + rng.normal(0, 15, 3),
+                                            0, 255))
+        box = lambda a, b: ([cx - b, cy - a, cx + b, cy + a] if vertical  # noqa: E731
+                            else [cx - a, cy - b, cx + a, cy + b])
+        d.ellipse(box(L / 2, T / 2), fill=bun)
+        d.ellipse(box(L / 2 * 1.12, T / 5), fill=dog)
+        if rng.random() < 0.5:  # mustard
+            d.line(box(L / 2 * 0.8, 0)[:2] + box(L / 2 * 0.8, 0)[2:], fill=(230, 200, 30),
+                   width=max(2, int(T / 12)))
+    else:
+        for _ in range(int(rng.integers(1, 4))):
+            r = s * min(w, h) * rng.uniform(0.15, 0.35)
+            c = tuple(int(v) for v in rng.integers(0, 256, 3))
+            x, y = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+            if rng.random() < 0.5:
+                d.ellipse([x - r, y - r * rng.uniform(0.6, 1.0), x + r, y + r], fill=c)
+            else:
+                d.rectangle([x - r, y - r, x + r * rng.uniform(0.5, 1.5), y + r], fill=c)
+    return im.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+
+
+def make_synthetic(root, n_train=2000, n_test=800, seed=0):
+    """`root/{train,test}/{hotdog,not-hotdog}/N.jpg`, made once (a marker file records
+    a finished folder)."""
+    root = pathlib.Path(root)
+    marker = root / ".complete"
+    if marker.is_file():
+        return root
+    jobs = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        for ci, c in enumerate(CLASSES):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            count = n // 2 + (n % 2 if ci == 0 else 0)
+            jobs += [(root / split / c / f"{i}.jpg", c == "hotdog",
+                      [seed, split == "train", ci, i]) for i in range(count)]
+
+    def write(job):
+        path, hotdog, s = job
+        _synthetic_image(np.random.default_rng(s), hotdog).save(path, quality=90)
+
+    with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as ex:
+        list(ex.map(write, jobs))
+    marker.write_text("ok")
+    return root
+
+
+def resolve_data(args):
+    if args.data_dir is None:
+        work = pathlib.Path(args.work_dir or tempfile.gettempdir())
+        folder = work / f"d2lft-bench-synthetic-{args.train}-{args.test}-{args.seed}"
+        t = time.perf_counter()
+        make_synthetic(folder, args.train, args.test, args.seed)
+        print(f"synthetic data in {folder} ({time.perf_counter() - t:.1f}s)", flush=True)
+        return folder, "synthetic"
+    path = pathlib.Path(args.data_dir).expanduser()
+    if path.is_file():  # a zip: extract beside the work dir, not beside a read-only file
+        from d2lft.data import extract_zip, file_sha1
+        work = pathlib.Path(args.work_dir or tempfile.gettempdir())
+        digest = file_sha1(path)
+        path = extract_zip(path, work / f"d2lft-bench-{path.stem}-{digest[:8]}", marker=digest)
+    from d2lft.data import resolve_data_dir
+    return resolve_data_dir(path), str(args.data_dir)
+
+
+# ------------------------------------------------------------------ machine and versions
+
+def machine_info(device):
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "processor": platform.processor()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["mem_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        info["cpus_available"] = len(os.sched_getaffinity(0))
+        info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        pass
+    if device.startswith("cuda"):
+        import torch
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def versions(backends):
+    import d2lft
+    import PIL
+    out = {"d2lft": d2lft.__version__, "numpy": np.__version__, "pillow": PIL.__version__}
+    if "torch" in backends:
+        import torch
+        import torchvision
+        out.update(torch=torch.__version__, torchvision=torchvision.__version__,
+                   torch_threads=torch.get_num_threads())
+        from d2lft.backends.torch.fast import cpu_has_bf16
+        out["cpu_bf16_units"] = cpu_has_bf16()
+    if "mxnet" in backends:
+        import mxnet
+        out["mxnet"] = mxnet.__version__
+    return out
+
+
+# ------------------------------------------------------------------ runs
+
+def build_net(backend, args):
+    import d2lft
+    if backend == "torch":
+        import torch
+        torch.manual_seed(args.seed)
+    else:
+        import mxnet as mx
+        mx.random.seed(args.seed)
+        np.random.seed(args.seed)
+    pretrained = args.weights if args.weights else False
+    return d2lft.build_finetune_net(pretrained=pretrained, arch=args.arch)
+
+
+def devices_for(backend, device):
+    if backend == "torch":
+        import torch
+        return [torch.device(device)]
+    import mxnet as mx
+    return [mx.gpu(int(device.split(":")[1]) if ":" in device else 0)] \
+        if device.startswith("cuda") else [mx.cpu()]
+
+
+def run_variant(backend, name, folder, args, n_train, n_test):
+    import d2lft
+    from d2lft import decode_cache
+    decode_cache._MEMORY.clear()  # every fast run decodes from scratch
+    kw = dict(VARIANTS[name])
+    if kw["pipeline"] == "fast":
+        kw["precision"] = args.precision
+    if kw.get("freeze"):
+        kw["feature_passes"] = args.feature_passes
+    lr = args.lr if args.lr is not None else d2lft.BOOK_LEARNING_RATES[backend]["finetune"]
+    with d2lft.using(backend):
+        net = build_net(backend, args)
+        h = d2lft.train_fine_tuning(net, lr, args.batch_size, args.epochs,
+                                    data_dir=folder, image_size=args.image_size,
+                                    devices=devices_for(backend, args.device), seed=args.seed,
+                                    num_workers=args.book_workers, verbose=args.verbose, **kw)
+    images = args.epochs * (n_train + n_test)
+    return {
+        "variant": name, "options": kw, "learning_rate": lr,
+        "wall_seconds": round(h.wall_seconds, 3),
+        "images_per_sec": round(images / h.wall_seconds, 2),
+        "train_examples_per_sec_book_figure": round(h.examples_per_sec, 2),
+        "test_acc": h.test_acc, "train_loss": [round(v, 5) for v in h.train_loss],
+        "train_acc": h.train_acc,
+        "peak_host_mb": None if h.peak_host_mb != h.peak_host_mb else round(h.peak_host_mb),
+        "peak_device_mb": None if h.peak_device_mb != h.peak_device_mb
+        else round(h.peak_device_mb),
+        "trained_params": h.trained_params, "config": h.config,
+    }
+
+
+def markdown(result):
+    lines = [f"# bench_train: {', '.join(result['backends'])} on {result['device']}", "",
+             f"- date (UTC): {result['date']}",
+             f"- command: `{result['command']}`",
+             f"- data: {result['data']} ({result['n_train']} train / {result['n_test']} test), "
+             f"image size {result['args']['image_size']}, {result['args']['epochs']} epoch(s), "
+             f"batch {result['args']['batch_size']}, weights: "
+             f"{result['args']['weights'] or 'random init'}",
+             "- machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+             "", "images/s = epochs x (train + test images) / wall-clock seconds of the whole "
+             "`train_fine_tuning` call (data setup, decoding, training, evaluation).", ""]
+    for backend, runs in result["runs"].items():
+        lines += [f"## {backend}", "",
+                  "| variant | wall s | images/s | x book | final test acc | final train loss "
+                  "| peak host MB | peak device MB | trained params |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in runs:
+            acc = r["test_acc"][-1] if r["test_acc"] else float("nan")
+            loss = r["train_loss"][-1] if r["train_loss"] else float("nan")
+            lines.append(f"| {r['variant']} | {r['wall_seconds']:.1f} | "
+                         f"{r['images_per_sec']:.1f} | {r.get('speedup_vs_book', 'n/a')} | "
+                         f"{acc:.3f} | {loss:.3f} | {r['peak_host_mb']} | "
+                         f"{r['peak_device_mb'] if r['peak_device_mb'] is not None else '-'} | "
+                         f"{r['trained_params']:,} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=["torch", "mxnet", "both"], default="torch")
+    p.add_argument("--variants", default="book,fast,fast-freeze",
+                   help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--data-dir", help="a hotdog-layout folder or .zip (default: synthetic)")
+    p.add_argument("--train", type=int, default=2000, help="synthetic training images")
+    p.add_argument("--test", type=int, default=800, help="synthetic test images")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="the fast variants' precision ('fp32' for parity runs)")
+    p.add_argument("--feature-passes", type=int, default=1)
+    p.add_argument("--lr", type=float, help="default: the book's fine-tuning rate per backend")
+    p.add_argument("--weights", help="a local weights file for build_finetune_net "
+                                     "(default: random init; no download)")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--book-workers", type=int, default=None,
+                   help="loader workers of the book pipeline (default: d2lft's default; "
+                        "the book itself uses 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", help="where synthetic/extracted data go (default: temp dir)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--tag", default="", help="appended to the result file names")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    os.environ.setdefault("D2LFT_PROGRESS", "0")
+
+    backends = ["torch", "mxnet"] if args.backend == "both" else [args.backend]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
+    if args.device == "auto":
+        try:
+            import torch
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            args.device = "cpu"
+    folder, data_name = resolve_data(args)
+    from d2lft.data import list_images
+    n_train = len(list_images(folder / "train")[1])
+    n_test = len(list_images(folder / "test")[1])
+
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+              "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+              "backends": backends, "device": args.device, "data": data_name,
+              "n_train": n_train, "n_test": n_test, "args": vars(args),
+              "machine": machine_info(args.device), "versions": versions(backends), "runs": {}}
+    for backend in backends:
+        runs = []
+        for name in variants:
+            print(f"[{backend}] {name} ...", flush=True)
+            r = run_variant(backend, name, folder, args, n_train, n_test)
+            runs.append(r)
+            print(f"[{backend}] {name}: {r['images_per_sec']:.1f} images/s, wall "
+                  f"{r['wall_seconds']:.1f}s, test acc {r['test_acc'][-1]:.3f}, peak host "
+                  f"{r['peak_host_mb']} MB, device {r['peak_device_mb']} MB", flush=True)
+        book = next((r for r in runs if r["variant"] == "book"), None)
+        for r in runs:
+            if book is not None:
+                r["speedup_vs_book"] = round(r["images_per_sec"] / book["images_per_sec"], 2)
+        book_frozen = next((r for r in runs if r["variant"] == "book-freeze"), None)
+        fast_frozen = next((r for r in runs if r["variant"] == "fast-freeze"), None)
+        if book_frozen and fast_frozen:
+            fast_frozen["speedup_vs_book_freeze"] = round(
+                fast_frozen["images_per_sec"] / book_frozen["images_per_sec"], 2)
+        result["runs"][backend] = runs
+
+    text = markdown(result)
+    print("\n" + text)
+    out = pathlib.Path(args.out)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+    dev = "gpu" if args.device.startswith("cuda") else "cpu"
+    base = f"{stamp}-{'-'.join(backends)}-{dev}{('-' + args.tag) if args.tag else ''}"
+    from d2lft._io import atomic_write_text
+    atomic_write_text(out / f"{base}.json", json.dumps(result, indent=2, default=str))
+    atomic_write_text(out / f"{base}.md", text)
+    print(f"wrote {out / (base + '.json')} and .md")
+    return result
+
+
+if __name__ == "__main__":
+    main()
