@@ -66,12 +66,110 @@ def plot_history(histories, path=None, labels=None):
         axes[1].plot(x, h.test_acc, marker="s", label=f"{label} test")
     axes[0].set(xlabel="epoch", ylabel="train loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # whole epochs
     fig.tight_layout()
     if path is not None:
         from ._io import atomic_path
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
+    return fig
+
+
+def _save_png(fig, path):
+    if path is not None:
+        from ._io import atomic_path
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+
+
+def _display_image(img):
+    """A path is opened with PIL for display; anything else goes to to_numpy_image."""
+    if isinstance(img, (str, os.PathLike)):
+        from PIL import Image
+        with Image.open(img) as im:
+            return np.asarray(im.convert("RGB"))
+    return to_numpy_image(img)
+
+
+def plot_predictions(images, labels, probabilities, true=None, path=None, ncols=4, scale=2.2):
+    """A grid of images titled with the predicted class and its probability, and the
+    true class when known (green when right, red when wrong). Images are paths, PIL
+    images or arrays, shown in the order given. Saves a PNG when `path` is given;
+    returns the figure."""
+    plt = _pyplot()
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to plot")
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * (scale + 0.35)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        ax.imshow(_display_image(images[i]))
+        title = f"{labels[i]} ({probabilities[i]:.2f})"
+        color = "black"
+        if true is not None and true[i] is not None:
+            right = true[i] == labels[i]
+            title += f"\ntrue: {true[i]}"
+            color = "tab:green" if right else "tab:red"
+        ax.set_title(title, fontsize=8, color=color)
+    fig.tight_layout()
+    _save_png(fig, path)
+    return fig
+
+
+def plot_confusion(confusion, classes, path=None):
+    """A confusion matrix (rows: true class, columns: predicted class) with counts and
+    row percentages. Saves a PNG when `path` is given; returns the figure."""
+    plt = _pyplot()
+    m = np.asarray(confusion)
+    n = len(classes)
+    if m.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {m.shape} does not match {n} classes")
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros(m.shape, dtype="float64"), where=rows > 0)
+    size = 1.6 + 0.9 * n
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(n), labels=classes, rotation=30, ha="right")
+    ax.set_yticks(range(n), labels=classes)
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"accuracy {np.trace(m) / max(m.sum(), 1):.3f} ({m.sum()} images)")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{m[i, j]}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    _save_png(fig, path)
+    return fig
+
+
+def plot_lr_sweep(rows, path=None, metric="test_acc"):
+    """Accuracy against learning rate (log scale), one line per mode, from
+    `d2lft.lr_sweep`'s rows; diverged runs are marked with an x at 0. Saves a PNG when
+    `path` is given; returns the figure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["learning_rate"])
+        ok = [r for r in rs if not r.get("diverged") and r.get(metric) is not None]
+        line, = ax.plot([r["learning_rate"] for r in ok], [r[metric] for r in ok], marker="o",
+                        label=f"{mode} ({rs[0].get('backend', '')})".replace(" ()", ""))
+        bad = [r for r in rs if r.get("diverged")]
+        if bad:
+            ax.plot([r["learning_rate"] for r in bad], [0] * len(bad), "x", ms=9,
+                    color=line.get_color(), label=f"{mode}: diverged")
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel=metric.replace("_", " "), ylim=(-0.03, 1.03))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_png(fig, path)
     return fig

@@ -1,0 +1,245 @@
+"""Checkpoints: a trained network with everything needed to use it or to go on training.
+
+A checkpoint is one d2lft parameter file (safetensors, no pickle; see
+:mod:`d2lft.weights`), so `d2lft.load_params` reads its parameters in either backend.
+Its metadata adds two keys:
+
+    d2lft_checkpoint         JSON: kind ('finetune' or 'scratch'), arch, backend, epoch
+                             (completed epochs), class names, image size, the
+                             preprocessing (mean, std, test resize), the training
+                             config (learning rate, batch size, seed, ...), the
+                             History so far and the optimizer
+    d2lft_checkpoint_sha256  SHA-256 over every array (name, dtype, shape, bytes) and
+                             that JSON
+
+Writing is atomic (a temporary file renamed into place), so a checkpoint on disk is
+always complete: after Ctrl-C the last completed epoch's checkpoint is there. Reading
+recomputes the hash and refuses a file whose contents do not match it.
+
+The chapter's optimizer is plain SGD (no momentum): it keeps no per-parameter state,
+so parameters + completed epochs + the seed determine how training continues; with
+`seed=` each epoch's shuffling and augmentation are seeded from (seed, epoch), and
+`resume=` reproduces the run that was not interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import warnings
+
+import numpy as np
+
+from .history import History
+
+INFO_KEY = "d2lft_checkpoint"
+HASH_KEY = "d2lft_checkpoint_sha256"
+FILE_NAME = "checkpoint.safetensors"
+CHECKPOINT_VERSION = 1
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+#: training settings that must match for `resume=` to reproduce an uninterrupted run
+REPRODUCIBILITY_KEYS = ("learning_rate", "batch_size", "param_group", "image_size", "seed",
+                        "weight_decay", "loss_reduction")
+
+
+class CheckpointError(ValueError):
+    """A file is not a d2lft checkpoint, or its contents do not match its hash."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What a checkpoint file holds (`arrays`: canonical name -> numpy array)."""
+    path: pathlib.Path
+    info: dict
+    arrays: dict = dataclasses.field(repr=False, default_factory=dict)
+
+    kind = property(lambda self: self.info["kind"])
+    arch = property(lambda self: self.info["arch"])
+    backend = property(lambda self: self.info["backend"])
+    epoch = property(lambda self: self.info["epoch"])
+    classes = property(lambda self: self.info["classes"])
+    image_size = property(lambda self: self.info["image_size"])
+    config = property(lambda self: self.info.get("config", {}))
+
+    @property
+    def history(self) -> History:
+        return History.from_dict(self.info["history"]) if self.info.get("history") \
+            else History(backend=self.backend, devices=[])
+
+    def __str__(self):
+        h = self.history
+        acc = f", test acc {h.test_acc[-1]:.3f}" if h.epochs else ""
+        return (f"{self.path}: {self.kind} {self.arch} ({self.backend}), epoch {self.epoch}"
+                f"{acc}, {len(self.classes or [])} classes {self.classes}, image size "
+                f"{self.image_size}")
+
+
+def content_hash(arrays: dict, info_json: str) -> str:
+    """SHA-256 over the arrays (sorted by name: name, dtype, shape, bytes) and the
+    checkpoint JSON."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    h.update(info_json.encode())
+    return h.hexdigest()
+
+
+def checkpoint_file(path) -> pathlib.Path:
+    """`path` itself, or `path/checkpoint.safetensors` when `path` is a folder (or
+    names no file with a suffix, e.g. a --out folder)."""
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir() or (not path.exists() and path.suffix == ""):
+        return path / FILE_NAME
+    return path
+
+
+def _weights_module(net):
+    from .weights import _net_backend
+    return _net_backend(net)
+
+
+def _kind(net) -> str:
+    from .predict import backend_predict
+    return "finetune" if backend_predict(net).head_lr_mult(net) != 1 else "scratch"
+
+
+def save_checkpoint(net, path, *, epoch=0, history=None, classes=None, image_size=None,
+                    config=None) -> pathlib.Path:
+    """Write `net` and what goes with it to `path` (a file, or a folder that gets
+    `checkpoint.safetensors`), atomically. Class names and image size default to the
+    ones that travel with the net (`net.classes`, `net.image_size`); `config` to the
+    History's. Returns the file's path."""
+    from . import __version__
+    from .weights import net_arch, save_params
+    owner, weights = _weights_module(net)
+    target = checkpoint_file(path)
+    if history is not None and config is None:
+        config = dict(history.config)
+    config = dict(config or {})
+    image_size = image_size or config.get("image_size") or getattr(net, "image_size", None) \
+        or 224
+    classes = classes if classes is not None else getattr(net, "classes", None)
+    info = {
+        "checkpoint_version": CHECKPOINT_VERSION, "d2lft_version": __version__,
+        "kind": _kind(net), "arch": net_arch(net), "backend": owner, "epoch": int(epoch),
+        "classes": list(classes) if classes is not None else None,
+        "image_size": int(image_size),
+        "preprocessing": {"mean": MEAN, "std": STD, "test_resize": round(image_size * 256 / 224),
+                          "test_crop": int(image_size), "train": "RandomResizedCrop + flip"},
+        "config": config,
+        "optimizer": {"name": "sgd", "momentum": 0.0,
+                      "weight_decay": config.get("weight_decay"),
+                      "state": "none (plain SGD keeps no per-parameter state)"},
+        "history": history.to_dict() if history is not None else None,
+    }
+    info_json = json.dumps(info, sort_keys=True, default=str)   # e.g. paths in the config
+    arrays = weights.state_arrays(net)
+    meta = {INFO_KEY: info_json, HASH_KEY: content_hash(arrays, info_json)}
+    return save_params(net, target, metadata=meta)
+
+
+def read_checkpoint(path, *, verify=True) -> Checkpoint:
+    """Read a checkpoint (a file, or a folder holding `checkpoint.safetensors`) and
+    check its contents against the recorded hash (CheckpointError when they differ)."""
+    from .weights import read_params
+    target = checkpoint_file(path)
+    if not target.is_file():
+        raise FileNotFoundError(f"no checkpoint at {target}: pass a checkpoint file or the "
+                                f"folder that holds {FILE_NAME} (checkpoint_dir= or --out)")
+    try:
+        arrays, meta = read_params(target)
+    except ValueError as err:
+        raise CheckpointError(f"{target} cannot be read as a checkpoint ({err}); it may be "
+                              f"truncated or not a d2lft file: use an intact copy") from err
+    if INFO_KEY not in meta:
+        raise CheckpointError(f"{target} is a parameter file, not a d2lft checkpoint (no "
+                              f"{INFO_KEY!r} metadata): load it with d2lft.load_params(net, "
+                              f"path) or build_finetune_net(pretrained=path)")
+    info_json = meta[INFO_KEY]
+    if verify:
+        recorded = meta.get(HASH_KEY)
+        actual = content_hash(arrays, info_json)
+        if recorded != actual:
+            raise CheckpointError(
+                f"{target}: its contents do not match the hash recorded in it (recorded "
+                f"{str(recorded)[:16]}..., actual {actual[:16]}...): the file was modified "
+                f"or corrupted after it was written; refusing to load it. Use an intact copy "
+                f"or train again")
+    try:
+        info = json.loads(info_json)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{target}: unreadable checkpoint metadata ({err})") from err
+    if info.get("checkpoint_version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{target} was written by a newer d2lft (checkpoint version "
+                              f"{info['checkpoint_version']}): upgrade d2lft")
+    return Checkpoint(target, info, arrays)
+
+
+def _build(ck: Checkpoint):
+    import d2lft
+    n = len(ck.classes) if ck.classes else ck.arrays["fc.weight"].shape[0]
+    if ck.kind == "finetune":
+        return d2lft.build_finetune_net(num_classes=n, pretrained=False, arch=ck.arch)
+    return d2lft.build_scratch_net(num_classes=n, arch=ck.arch)
+
+
+def load_checkpoint(path):
+    """A network for the ACTIVE backend rebuilt from a checkpoint written by either
+    backend, with its class names (`net.classes`), image size (`net.image_size`) and
+    the checkpoint itself (`net.checkpoint`) attached."""
+    ck = read_checkpoint(path)
+    net = _build(ck)
+    _, weights = _weights_module(net)
+    weights.load_state_arrays(net, ck.arrays, source=str(ck.path))
+    _attach(net, ck)
+    return net
+
+
+def _attach(net, ck: Checkpoint):
+    net.classes = list(ck.classes) if ck.classes else None
+    net.image_size = ck.image_size
+    object.__setattr__(net, "checkpoint", ck)
+
+
+def resume_into(net, path, history: History) -> int:
+    """Load a checkpoint's parameters into `net` and its History's epochs into
+    `history`; return the number of completed epochs. Warns when a setting that the
+    exact continuation depends on differs from the checkpoint's."""
+    from .weights import net_arch
+    ck = read_checkpoint(path)
+    if ck.arch != net_arch(net):
+        raise CheckpointError(f"{ck.path} holds a {ck.arch} network but this one is "
+                              f"{net_arch(net)}: build it with arch={ck.arch!r}")
+    if ck.classes and getattr(net, "classes", None) not in (None, ck.classes):
+        raise CheckpointError(f"{ck.path} was trained on classes {ck.classes} but this data "
+                              f"has {net.classes}")
+    _, weights = _weights_module(net)
+    weights.load_state_arrays(net, ck.arrays, source=str(ck.path))
+    differ = {k: (ck.config.get(k), history.config.get(k)) for k in REPRODUCIBILITY_KEYS
+              if k in ck.config and k in history.config
+              and ck.config.get(k) != history.config.get(k)}
+    if differ:
+        warnings.warn(f"resuming {ck.path} with different settings "
+                      + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+                      + "; the result will differ from an uninterrupted run", stacklevel=3)
+    old = ck.history
+    history.train_loss[:0] = old.train_loss
+    history.train_acc[:0] = old.train_acc
+    history.test_acc[:0] = old.test_acc
+    history.num_examples += old.num_examples
+    history.config["resumed_from"] = {"path": str(ck.path), "epoch": ck.epoch}
+    _attach(net, ck)
+    return int(ck.epoch)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch` of a run seeded with `seed`: epoch 0 uses `seed`
+    itself, later epochs a value derived from both, so an epoch's shuffling and
+    augmentation do not depend on the epochs before it (what makes `resume=` exact)."""
+    if epoch == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}:{epoch}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF

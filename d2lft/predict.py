@@ -1,0 +1,262 @@
+"""Using a trained network: class names and probabilities for images, evaluation over
+an image folder (accuracy, confusion matrix, worst mistakes), and their pictures.
+
+Backend-neutral: the framework work (test transform, forward pass) is done by the
+active backend's `predict` module; nothing here imports a framework.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+from .data import IMAGE_SUFFIXES, DataLayoutError
+
+DEFAULT_IMAGE_SIZE = 224
+
+
+def backend_predict(net=None):
+    """The `predict` module of the backend that owns `net` (else the active backend)."""
+    import importlib
+    from ._backend import current, for_net
+    package = for_net(net) if net is not None else current()
+    return importlib.import_module(package.__name__ + ".predict")
+
+
+def array_to_pil(arr):
+    """A PIL RGB image from an HxW, HxWx1, HxWx3 or HxWx4 array (uint8, or floats in
+    [0, 1] or [0, 255])."""
+    from PIL import Image
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)                     # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape "
+                         f"{arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = arr.astype("float64")
+        if not np.isfinite(arr).all():
+            raise ValueError("the image array holds NaN or infinite values")
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.round(arr), 0, 255).astype("uint8")
+    return Image.fromarray(arr).convert("RGB")
+
+
+def net_classes(net, classes=None):
+    """The class names of `net`'s outputs: `classes` if given, else those that travel
+    with the net (set by training or by a checkpoint), else 'class 0', 'class 1', ..."""
+    n = backend_predict(net).num_outputs(net)
+    if classes is None:
+        classes = getattr(net, "classes", None)
+    if classes is None:
+        return [f"class {i}" for i in range(n)]
+    classes = [str(c) for c in classes]
+    if len(classes) != n:
+        raise ValueError(f"{len(classes)} class names given ({classes}) but the network has "
+                         f"{n} outputs")
+    return classes
+
+
+def net_image_size(net, image_size=None) -> int:
+    if image_size is None:
+        image_size = getattr(net, "image_size", None) or DEFAULT_IMAGE_SIZE
+    from .training import check_args
+    check_args(1.0, 1, 1, image_size)
+    return image_size
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One image's prediction: the top class name, its probability, its index and all
+    class probabilities (`probs`, in the order of `classes`)."""
+    label: str
+    probability: float
+    index: int
+    probs: np.ndarray
+    classes: list
+    source: str = ""
+
+    def top(self, k=3):
+        """The k most probable (class name, probability) pairs."""
+        order = np.argsort(-self.probs)[:k]
+        return [(self.classes[i], float(self.probs[i])) for i in order]
+
+    def __str__(self):
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.label} ({self.probability:.3f})"
+
+    def to_dict(self):
+        return {"source": self.source, "label": self.label, "probability": self.probability,
+                "index": self.index,
+                "probabilities": {c: float(p) for c, p in zip(self.classes, self.probs)}}
+
+
+def _describe(item, i):
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return f"<image {i}>"
+
+
+def _check_items(images):
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") \
+            or (isinstance(images, np.ndarray) and images.ndim in (2, 3)
+                and images.dtype != object):
+        images = [images]          # one image
+    items = list(images)
+    for i, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            p = pathlib.Path(item)
+            if not p.is_file():
+                raise FileNotFoundError(f"image {i}: {p} is not a file")
+        elif not (hasattr(item, "convert") or isinstance(item, np.ndarray)):
+            raise TypeError(f"image {i}: expected a path, a PIL image or an HxWx3 array, got "
+                            f"{type(item).__name__}")
+    return items
+
+
+def predict(net, images, *, classes=None, image_size=None, batch_size=32):
+    """Class names and probabilities for `images` (one, or a list of paths, PIL images
+    or HxWxC arrays), through the chapter's test transform at the net's image size.
+
+    Returns a list of :class:`Prediction` (label, probability, probs). Class names are
+    the ones that travel with the net (`net.classes`), unless `classes` is given.
+    """
+    backend = backend_predict(net)
+    names = net_classes(net, classes)
+    size = net_image_size(net, image_size)
+    items = _check_items(images)
+    probs = backend.predict_proba(net, items, image_size=size, batch_size=batch_size)
+    out = []
+    for i, (item, p) in enumerate(zip(items, probs)):
+        k = int(np.argmax(p))
+        out.append(Prediction(names[k], float(p[k]), k, p, names, _describe(item, i)))
+    return out
+
+
+def _split_folder(data_dir, split):
+    """The folder of class subfolders to evaluate: `data_dir/split` when `data_dir`
+    holds train/ and test/ (or is a zip of such a folder), else `data_dir` itself."""
+    from .data import check_image_folder, find_split_root, resolve_data_dir
+    path = pathlib.Path(data_dir).expanduser()
+    if path.is_file():
+        return resolve_data_dir(path) / split
+    try:
+        return find_split_root(path) / split
+    except DataLayoutError:
+        check_image_folder(path)
+        return path
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Predictions over an image folder: accuracy, confusion matrix, worst mistakes."""
+    classes: list
+    paths: list
+    true: np.ndarray
+    pred: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.true == self.pred).mean()) if len(self.true) else float("nan")
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """confusion[i, j] = number of images of class i predicted as class j."""
+        n = len(self.classes)
+        m = np.zeros((n, n), dtype="int64")
+        np.add.at(m, (self.true, self.pred), 1)
+        return m
+
+    def order_worst_first(self):
+        """Indices sorted by the probability given to the true class, lowest first:
+        the most confident mistakes come first, then the least sure correct answers."""
+        p_true = self.probs[np.arange(len(self.true)), self.true]
+        return np.argsort(p_true, kind="stable")
+
+    def mistakes(self):
+        """(path, true class, predicted class, probability of the prediction) of every
+        wrong prediction, worst first."""
+        return [(self.paths[i], self.classes[self.true[i]], self.classes[self.pred[i]],
+                 float(self.probs[i, self.pred[i]]))
+                for i in self.order_worst_first() if self.true[i] != self.pred[i]]
+
+    def __str__(self):
+        lines = [f"accuracy {self.accuracy:.3f} on {len(self.true)} images"]
+        corner = "true \\ predicted"
+        width = max([len(c) for c in self.classes] + [len(corner)])
+        cols = [max(len(c), 5) for c in self.classes]
+        lines.append(f"{corner:>{width}}  "
+                     + "  ".join(f"{c:>{w}}" for c, w in zip(self.classes, cols)))
+        for c, row in zip(self.classes, self.confusion):
+            lines.append(f"{c:>{width}}  " + "  ".join(f"{v:>{w}d}" for v, w in zip(row, cols)))
+        return "\n".join(lines)
+
+    def to_dict(self):
+        return {"accuracy": self.accuracy, "num_images": len(self.true),
+                "classes": list(self.classes), "confusion": self.confusion.tolist(),
+                "mistakes": [dict(zip(("path", "true", "predicted", "probability"), m))
+                             for m in self.mistakes()]}
+
+    def plot_predictions(self, path=None, n=16, ncols=4):
+        """A grid of `n` images, worst mistakes first, titled with the predicted class,
+        its probability and the true class; saves a PNG when `path` is given."""
+        from .plot import plot_predictions
+        idx = self.order_worst_first()[:n]
+        return plot_predictions([self.paths[i] for i in idx],
+                                [self.classes[self.pred[i]] for i in idx],
+                                [float(self.probs[i, self.pred[i]]) for i in idx],
+                                true=[self.classes[self.true[i]] for i in idx],
+                                path=path, ncols=ncols)
+
+    def plot_confusion(self, path=None):
+        """The confusion matrix as a picture; saves a PNG when `path` is given."""
+        from .plot import plot_confusion
+        return plot_confusion(self.confusion, self.classes, path=path)
+
+
+def evaluate(net, data_dir, *, split="test", classes=None, image_size=None, batch_size=32):
+    """Predict every image of an image folder and compare with its class folder.
+
+    `data_dir`: a folder with train/ and test/ (its `split` is used), a zip of one, or
+    a folder of class subfolders. The folder's class names are matched to the net's
+    class names by name (a folder may hold a subset of the net's classes).
+    """
+    backend = backend_predict(net)
+    names = net_classes(net, classes)
+    size = net_image_size(net, image_size)
+    folder = _split_folder(data_dir, split)
+    probs, labels, paths, folder_classes = backend.predict_folder(
+        net, folder, image_size=size, batch_size=batch_size)
+    unknown = [c for c in folder_classes if c not in names]
+    if unknown and getattr(net, "classes", None) is None and classes is None \
+            and len(folder_classes) == len(names):
+        names = list(folder_classes)       # an unnamed net: take the folder's names
+        unknown = []
+    if unknown:
+        raise DataLayoutError(f"{folder} has class folder(s) {unknown} that the network does "
+                              f"not know; its classes are {names}")
+    remap = np.array([names.index(c) for c in folder_classes], dtype="int64")
+    true = remap[labels.astype("int64")]
+    return Evaluation(list(names), list(paths), true, probs.argmax(axis=1).astype("int64"),
+                      probs)
+
+
+def image_files(paths):
+    """Image files named by `paths`: files as given, folders searched (sorted,
+    subfolders included) for files with an image suffix."""
+    out = []
+    for p in paths:
+        p = pathlib.Path(p).expanduser()
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file()
+                              and f.suffix.lower() in IMAGE_SUFFIXES
+                              and not f.name.startswith(".")))
+        else:
+            out.append(p)
+    return out

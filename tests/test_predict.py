@@ -1,0 +1,157 @@
+"""d2lft.predict / d2lft.evaluate and their pictures, in both backends."""
+import importlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import d2lft
+
+PNG = b"\x89PNG\r\n\x1a\n"
+LR = {"torch": 1e-3, "mxnet": 0.05}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One compute thread: tiny batches on a shared 2-core machine run many times faster."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from conftest import make_image_folder
+    return make_image_folder(tmp_path_factory.mktemp("pred") / "colors", n_train=16, n_test=6,
+                             size=(36, 36), classes=("red", "blue"))
+
+
+_trained = {}
+
+
+def trained(backend, data):
+    """A scratch net trained on the two colours (3 epochs), once per backend."""
+    if backend not in _trained:
+        if backend == "torch":
+            import torch
+            torch.manual_seed(0)
+        else:
+            import mxnet as mx
+            mx.random.seed(0)
+        net = d2lft.build_scratch_net()
+        d2lft.train_fine_tuning(net, LR[backend], batch_size=8, num_epochs=3, param_group=False,
+                                data_dir=data, image_size=32, seed=0, verbose=False)
+        _trained[backend] = net
+    return _trained[backend]
+
+
+def test_predict_names_probabilities_and_input_kinds(backend, data):
+    net = trained(backend, data)
+    assert net.classes == ["blue", "red"] and net.image_size == 32      # sorted folder names
+    paths = [data / "test" / "red" / "0.jpg", data / "test" / "blue" / "1.jpg"]
+    preds = d2lft.predict(net, paths)
+    assert [p.label for p in preds] == ["red", "blue"]
+    for p in preds:
+        assert p.probs.shape == (2,) and abs(p.probs.sum() - 1) < 1e-5
+        assert p.probability == pytest.approx(p.probs.max()) and p.probability > 0.5
+        assert p.classes == ["blue", "red"] and p.top(2)[0] == (p.label, p.probability)
+    assert str(preds[0]).startswith(str(paths[0])) and "red (" in str(preds[0])
+    # the same image as a path, a PIL image and an array gives the same answer
+    pil = Image.open(paths[1]).convert("RGB")
+    arr = np.asarray(pil)
+    one = d2lft.predict(net, pil)                     # a single image, not a list
+    assert len(one) == 1 and one[0].source == "<image 0>"
+    for other in (one[0], d2lft.predict(net, [arr])[0], d2lft.predict(net, [arr / 255.0])[0]):
+        np.testing.assert_allclose(other.probs, preds[1].probs, atol=1e-5)
+    # explicit names override the ones that travel with the net
+    assert d2lft.predict(net, paths[:1], classes=["B", "R"])[0].label == "R"
+
+
+def test_predict_uses_the_test_transform(backend, data):
+    """predict = softmax(net(test_augs(image))) at the net's image size."""
+    net = trained(backend, data)
+    path = data / "test" / "blue" / "2.jpg"
+    got = d2lft.predict(net, [path])[0].probs
+    tf = d2lft.test_augs(32)
+    if backend == "torch":
+        import torch
+        net.eval()
+        with torch.no_grad():
+            x = tf(Image.open(path).convert("RGB"))[None]
+            want = torch.softmax(net(x), 1)[0].numpy()
+    else:
+        import mxnet as mx
+        x = tf(mx.nd.array(np.asarray(Image.open(path).convert("RGB")), dtype="uint8"))
+        want = mx.nd.softmax(net(x.expand_dims(0)))[0].asnumpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    other_size = d2lft.predict(net, [path], image_size=48)[0].probs
+    assert not np.allclose(other_size, got, atol=1e-6)
+
+
+def test_evaluate_matches_training_accuracy_and_orders_mistakes(backend, data, tmp_path):
+    net = trained(backend, data)
+    ev = d2lft.evaluate(net, data)
+    train_mod = importlib.import_module(f"d2lft.backends.{backend}.train")
+    data_mod = importlib.import_module(f"d2lft.backends.{backend}.data")
+    _, test_iter = data_mod.make_loaders(data, 8, 32, num_workers=0)
+    assert ev.accuracy == pytest.approx(train_mod.evaluate_accuracy(net, test_iter))
+    assert ev.classes == ["blue", "red"] and len(ev.paths) == 12
+    assert ev.confusion.sum() == 12 and ev.confusion.trace() == round(ev.accuracy * 12)
+    assert (ev.true == np.array([0] * 6 + [1] * 6)).all()      # blue/ sorts before red/
+    p_true = ev.probs[np.arange(12), ev.true]
+    order = ev.order_worst_first()
+    assert list(p_true[order]) == sorted(p_true)
+    # an evaluation with mistakes: the same net told the classes the other way round
+    flipped = d2lft.evaluate(net, data / "test", classes=["red", "blue"])
+    assert flipped.accuracy == pytest.approx(1 - ev.accuracy)
+    worst = flipped.mistakes()
+    assert len(worst) == round(12 * (1 - flipped.accuracy)) and len(worst) > 0
+    probs = [m[3] for m in worst]
+    assert probs == sorted(probs, reverse=True)             # most confident mistakes first
+    d = flipped.to_dict()
+    assert d["confusion"] == flipped.confusion.tolist() and len(d["mistakes"]) == len(worst)
+    assert "true \\ predicted" in str(flipped)
+    for name, fig in (("grid.png", flipped.plot_predictions(tmp_path / "grid.png", n=6)),
+                      ("confusion.png", flipped.plot_confusion(tmp_path / "confusion.png"))):
+        raw = (tmp_path / name).read_bytes()
+        assert raw.startswith(PNG) and len(raw) > 5000
+    titles = [ax.get_title() for ax in fig.axes]  # the confusion matrix
+    assert any("accuracy" in t for t in titles)
+    grid_titles = [ax.get_title() for ax in flipped.plot_predictions(n=4).axes]
+    assert "true:" in grid_titles[0] and grid_titles[0].split(" (")[0] == worst[0][2]
+
+
+def test_bad_inputs(backend, data, tmp_path):
+    net = trained(backend, data)
+    with pytest.raises(FileNotFoundError, match="image 1: .*missing.jpg is not a file"):
+        d2lft.predict(net, [data / "test" / "red" / "0.jpg", tmp_path / "missing.jpg"])
+    with pytest.raises(TypeError, match="image 0: expected a path, a PIL image"):
+        d2lft.predict(net, [123])
+    with pytest.raises(ValueError, match="must be HxW, HxWx1, HxWx3 or HxWx4"):
+        d2lft.predict(net, [np.zeros((4, 5, 6, 7))])
+    with pytest.raises(ValueError, match="3 class names given"):
+        d2lft.predict(net, [data / "test" / "red" / "0.jpg"], classes=["a", "b", "c"])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(d2lft.BadImageError, match="bad.jpg"):
+        d2lft.predict(net, [bad])
+    other = tmp_path / "other"
+    for c in ("red", "green"):
+        (other / c).mkdir(parents=True)
+        Image.new("RGB", (20, 20), "green").save(other / c / "x.png")
+    with pytest.raises(d2lft.DataLayoutError, match=r"\['green'\].*does not know"):
+        d2lft.evaluate(net, other)
+    with pytest.raises(ValueError, match="image_size must be an integer >= 8"):
+        d2lft.predict(net, [bad], image_size=4)
+    theirs = "mxnet" if backend == "torch" else "torch"
+    with d2lft.using(theirs):
+        with pytest.raises(TypeError, match=f"built with the {backend!r} backend"):
+            d2lft.predict(net, [data / "test" / "red" / "0.jpg"])
+
+
+def test_unnamed_net_gets_generic_names(backend, data):
+    net = d2lft.build_finetune_net(num_classes=3, pretrained=False)
+    preds = d2lft.predict(net, [data / "test" / "red" / "0.jpg"], image_size=32)
+    assert preds[0].classes == ["class 0", "class 1", "class 2"]
