@@ -131,3 +131,13 @@ def test_net_from_other_backend_is_refused(toy_data):
     with d2lft.using("mxnet"):
         with pytest.raises(TypeError, match="expected a network built by d2lft"):
             d2lft.train_fine_tuning(object(), 0.1, data_dir=toy_data)
+
+
+def test_gluoncv_import_leaves_pil_truncated_flag_alone():
+    line = run_py("""
+        from PIL import ImageFile
+        from d2lft.backends.mxnet._compat import import_gluoncv
+        import_gluoncv()
+        print(ImageFile.LOAD_TRUNCATED_IMAGES)
+    """)
+    assert line == "False"

@@ -49,10 +49,16 @@ def import_gluoncv():
     if sys.modules.get("gluoncv") is not None:
         return sys.modules["gluoncv"]
     import_mxnet()
+    from PIL import ImageFile
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         with _hide_torch():
             import gluoncv
     except ImportError as err:
         raise ImportError(f"GluonCV is not importable ({err}): {MX_HINT}") from err
+    finally:
+        # gluoncv.data.mhp sets PIL's process-wide LOAD_TRUNCATED_IMAGES = True at import,
+        # which would make truncated JPEGs load silently as grey: undo it
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
     return gluoncv
 
