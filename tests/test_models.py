@@ -99,6 +99,7 @@ def test_mxnet_pretrained_true_uses_model_zoo_cache(tmp_path, monkeypatch):
         src(mx.nd.zeros((1, 3, 32, 32)))
         path = tmp_path / "models" / "resnet18_v2-probe.params"
         path.parent.mkdir()
+        mx.nd.waitall()  # MKLDNN reorders weights asynchronously after a forward pass
         src.save_parameters(str(path))
         # the zoo names files <arch>-<first 8 of sha1> and checks the full SHA-1
         sha1 = model_store.check_sha1.__globals__["hashlib"].sha1(path.read_bytes()).hexdigest()
@@ -136,8 +137,10 @@ def test_pretrained_path_native_round_trip(tmp_path, backend):
         path = tmp_path / "w.pth"
         torch.save(src.state_dict(), path)
     else:
+        import mxnet as mx
         forward(src, x)
         path = tmp_path / "w.params"
+        mx.nd.waitall()  # MKLDNN reorders weights asynchronously after a forward pass
         src.save_parameters(str(path))
     net = d2lft.build_finetune_net(num_classes=2, pretrained=str(path))
     # features identical: compare the penultimate activations through the new head's input

@@ -79,12 +79,14 @@ def head_lr_mult(net) -> float:
 
 def head_arrays(layer):
     """(weight, bias) of a classifier layer as numpy arrays."""
+    mx.nd.waitall()  # MXNet/MKLDNN may still be reordering weights after a forward pass
     return layer.weight.data().asnumpy().copy(), layer.bias.data().asnumpy().copy()
 
 
 def set_head_rows(net, rows):
     """Overwrite rows of the head: `rows` maps a target row index to (weight row, bias)."""
     layer = head(net)
+    mx.nd.waitall()  # see head_arrays
     w = layer.weight.data().asnumpy()
     b = layer.bias.data().asnumpy()
     if w.shape[1] == 0:
