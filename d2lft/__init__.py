@@ -14,11 +14,22 @@ from __future__ import annotations
 
 from ._backend import BACKENDS, get_backend, use, using
 from ._backend import current as _current, for_net as _for_net
-from .data import (DataLayoutError, DownloadError, HOTDOG_SHA1, HOTDOG_URL, download_hotdog,
+from .data import (BadImageError, DataLayoutError, DownloadError, HOTDOG_SHA1, HOTDOG_URL,
+                   download_hotdog, check_image_folder as _check_image_folder,
                    resolve_data_dir as _resolve_data_dir)
 from .history import History
 from .plot import plot_history, show_images
 from .training import TrainingDiverged, check_args as _check_args
+from .training import check_speed_options as _check_speed_options
+from . import weights as _weights
+from .weights import read_params
+from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, read_checkpoint,
+                         save_checkpoint)
+from .head_init import init_head_from_source
+from .plot import plot_confusion, plot_lr_sweep, plot_predictions
+from .predict import Evaluation, Prediction, evaluate, predict
+from .split import class_names, resolve_images as _resolve_images, split_image_folder
+from .sweep import lr_sweep
 
 __version__ = "0.1.0"
 
@@ -31,18 +42,28 @@ BOOK_LEARNING_RATES = {
 #: How each backend reduces the per-example losses before the gradient.
 LOSS_REDUCTION = {"mxnet": "mean", "torch": "sum"}
 
+#: The weight decay of both tabs (SGD, `wd` / `weight_decay`).
+BOOK_WEIGHT_DECAY = 0.001
 
-def load_hotdog(root=None, *, url=None, sha1=None):
+
+def load_hotdog(root=None, *, url=None, sha1=None, skip_bad=False):
     """Download (once) the hotdog data and return `(train_imgs, test_imgs)`, the active
-    backend's image-folder datasets of raw images, as in the chapter."""
+    backend's image-folder datasets of raw images, as in the chapter.
+    `skip_bad=True` leaves unreadable images out with a warning (see :func:`image_folder`)."""
     folder = download_hotdog(root, url=url, sha1=sha1)
     backend = _current()
-    return backend.image_folder(folder / "train"), backend.image_folder(folder / "test")
+    return (backend.image_folder(folder / "train", skip_bad=skip_bad),
+            backend.image_folder(folder / "test", skip_bad=skip_bad))
 
 
-def image_folder(path, transform=None):
-    """The active backend's image-folder dataset over one split folder."""
-    return _current().image_folder(path, transform)
+def image_folder(path, transform=None, *, skip_bad=False):
+    """The active backend's image-folder dataset over one split folder
+    (`path/<class>/*.jpg`). Both backends read the same files
+    (`d2lft.data.IMAGE_SUFFIXES`) as 8-bit RGB. An unreadable image raises
+    :class:`BadImageError` naming it (its header is checked here, its body when it is
+    read); `skip_bad=True` decodes every image now and leaves unreadable ones out with
+    a warning."""
+    return _current().image_folder(path, transform, skip_bad=skip_bad)
 
 
 def _check_size(image_size):
@@ -77,7 +98,10 @@ def build_scratch_net(num_classes=2, arch=None):
 
 def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_group=True, *,
                       data_dir=None, image_size=224, devices=None, seed=None,
-                      num_workers=None, verbose=True):
+                      num_workers=None, verbose=True, weight_decay=None, deterministic=False,
+                      val_fraction=None, checkpoint_dir=None, resume=None,
+                      pipeline="book", freeze=False, precision="auto", compile=False,
+                      decode_cache="memory", feature_passes=1):
     """Train `net` the way the active backend's tab of the chapter does and return a
     :class:`History`.
 
@@ -85,36 +109,161 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
     the hotdog data (downloaded once). `devices`: default all GPUs, else the CPU.
     `param_group=False` trains every layer at `learning_rate` (the book's scratch run).
     `seed` makes shuffling, augmentation and initialisation repeatable.
-    The two backends scale gradients differently (see :func:`equivalent_lr`).
+    The two backends scale gradients differently (see :func:`equivalent_sgd`).
+    `weight_decay`: default the book's 0.001 (:data:`BOOK_WEIGHT_DECAY`).
+    `deterministic=True` feeds both backends the same batches: no augmentation (train
+    images get the test transform), one shared PIL decode-resize-crop pipeline, and a
+    shuffle order drawn from `seed` (default 0) by numpy, so that with the same weights
+    (:func:`save_params` / :func:`load_params`) and :func:`equivalent_sgd` settings the
+    two engines' loss curves agree step by step (see docs/parity.md).
+
+    Your own images: `data_dir` may also be a folder (or .zip) of class subfolders
+    with `val_fraction=0.2` (a deterministic split, see :func:`split_image_folder`).
+    The data's class names and `image_size` travel with the net (`net.classes`,
+    `net.image_size`, then checkpoints and :func:`predict`).
+    `checkpoint_dir`: write a checkpoint there after every epoch (atomically; after
+    Ctrl-C the last complete one is kept). `resume`: a checkpoint file or folder (or
+    True: `checkpoint_dir`) to continue from; with the same `seed` and settings the
+    result equals the uninterrupted run's.
+
+    Speed (docs/speed.md): `pipeline='fast'` decodes each image once
+    (`decode_cache`: 'memory', 'disk', a folder, or None), draws the book's
+    RandomResizedCrop + flip per sample but resizes in batches (on the GPU there),
+    evaluates on the book's exact test batches, and uses channels_last (torch), bf16
+    autocast where the hardware has it (`precision='auto'|'fp32'|'bf16'`) and, with
+    `compile=True`, torch.compile. `pipeline='book'` (default) is the chapter's loop.
+    `freeze=True` (exercise 3) trains only the head, the backbone in eval mode; with
+    `pipeline='fast'` the backbone's features are computed once for the test set and
+    `feature_passes` times (augmented passes, reused in turn) for the training set.
+    The History records `trained_params`, `peak_host_mb` and `peak_device_mb`.
     """
-    _check_args(learning_rate, batch_size, num_epochs, image_size)
+    _check_speed_options(pipeline, freeze, precision, feature_passes, deterministic,
+                         compile)
+    learning_rate, batch_size, num_epochs, image_size = _check_args(
+        learning_rate, batch_size, num_epochs, image_size)
     backend = _for_net(net)
-    folder = _resolve_data_dir(data_dir) if data_dir is not None else download_hotdog()
+    if val_fraction is not None:
+        if data_dir is None:
+            raise ValueError("val_fraction needs data_dir= (a folder of class subfolders)")
+        folder = _resolve_images(data_dir, val_fraction)
+    else:
+        folder = _resolve_data_dir(data_dir) if data_dir is not None else download_hotdog()
+    _check_head_fits(backend, net, folder)
+    _attach_data_info(net, folder, image_size)
+    if resume is True:
+        if checkpoint_dir is None:
+            raise ValueError("resume=True continues from checkpoint_dir=, which is not set")
+        resume = checkpoint_dir
     return backend.train_fine_tuning(net, learning_rate, batch_size, num_epochs, param_group,
                                      data_dir=folder, image_size=image_size, devices=devices,
-                                     seed=seed, num_workers=num_workers, verbose=verbose)
+                                     checkpoint_dir=checkpoint_dir, resume=resume, seed=seed,
+                                     num_workers=num_workers, verbose=verbose,
+                                     weight_decay=_check_wd(weight_decay),
+                                     deterministic=bool(deterministic),
+                                     pipeline=pipeline, freeze=bool(freeze),
+                                     precision=precision, compile=bool(compile),
+                                     decode_cache=decode_cache,
+                                     feature_passes=feature_passes)
+
+
+def _attach_data_info(net, folder, image_size):
+    """Class names and image size travel with the net (to checkpoints and predict)."""
+    from .predict import backend_predict
+    classes = _check_image_folder(folder / "train")
+    if backend_predict(net).num_outputs(net) == len(classes):
+        net.classes = classes
+    net.image_size = image_size
+
+
+def _check_wd(weight_decay):
+    if weight_decay is None:
+        return BOOK_WEIGHT_DECAY
+    import math
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) \
+            or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0 (the book uses "
+                         f"{BOOK_WEIGHT_DECAY}), got {weight_decay!r}")
+    return float(weight_decay)
+
+
+def _check_head_fits(backend, net, folder):
+    """A clear error, before any training, when the data has more classes than the
+    network has outputs (labels would index past the head)."""
+    classes = _check_image_folder(folder / "train")
+    try:
+        layer = backend.head(net)
+    except Exception:  # not one of d2lft's nets: nothing to compare with
+        return
+    outputs = getattr(layer, "out_features", getattr(layer, "_units", None))
+    if isinstance(outputs, int) and len(classes) > outputs:
+        raise ValueError(f"the data in {folder} has {len(classes)} classes {classes} but the "
+                         f"network's head has {outputs} outputs: build the network with "
+                         f"num_classes={len(classes)}")
 
 
 def equivalent_lr(learning_rate, *, batch_size, from_backend, to_backend):
-    """The learning rate that makes `to_backend`'s SGD step equal `from_backend`'s.
+    """The learning rate that makes `to_backend`'s *gradient* step equal
+    `from_backend`'s: torch_lr = mxnet_lr / batch_size.
 
     The MXNet tab averages the per-example losses over the batch
     (`trainer.step(batch_size)`); the PyTorch tab sums them (`l.sum().backward()`).
-    With weight decay applied the same way, torch_lr = mxnet_lr / batch_size.
+    Both engines multiply weight decay by the learning rate, so this alone leaves
+    the decay term `batch_size` times weaker (or stronger): for whole SGD steps that
+    agree, use :func:`equivalent_sgd`, which scales the weight decay too.
+    """
+    return equivalent_sgd(learning_rate, 0.0, batch_size=batch_size,
+                          from_backend=from_backend, to_backend=to_backend)[0]
+
+
+def equivalent_sgd(learning_rate, weight_decay=BOOK_WEIGHT_DECAY, *, batch_size,
+                   from_backend, to_backend):
+    """`(learning_rate, weight_decay)` for `to_backend` that make its SGD step equal
+    `from_backend`'s, batch for batch.
+
+    MXNet: w -= lr_mx * (mean_i g_i + wd_mx * w);  torch: w -= lr_t * (sum_i g_i + wd_t * w).
+    They agree when lr_t = lr_mx / B and wd_t = wd_mx * B (B = `batch_size`); the
+    head's 10x multiplier scales both sides alike. A last, smaller batch of b < B
+    examples breaks the match (MXNet divides by b): use batch counts that divide
+    the data, or drop the last batch. Example: the MXNet tab's (0.01, 0.001) at
+    B=128 is torch's (7.8125e-05, 0.128).
     """
     for b in (from_backend, to_backend):
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r}; valid backends are {BACKENDS}")
-    _check_args(learning_rate, batch_size, 1)
+    learning_rate, batch_size, _, _ = _check_args(learning_rate, batch_size, 1)
+    weight_decay = _check_wd(weight_decay)
     if from_backend == to_backend:
-        return learning_rate
-    return learning_rate / batch_size if from_backend == "mxnet" else learning_rate * batch_size
+        return learning_rate, weight_decay
+    if from_backend == "mxnet":
+        return learning_rate / batch_size, weight_decay * batch_size
+    return learning_rate * batch_size, weight_decay / batch_size
+
+
+def save_params(net, path, metadata=None):
+    """Write all of `net`'s parameters and BatchNorm statistics (either backend) to
+    `path`: a safetensors file with canonical names and str->str `metadata` (arch,
+    backend, format version added), written atomically. Returns the path.
+    A file saved by one backend loads into the other (:func:`load_params`)."""
+    return _weights.save_params(net, path, metadata)
+
+
+def load_params(net, path):
+    """Set all of `net`'s parameters and BatchNorm statistics from `path`: a file from
+    :func:`save_params` (either backend), a torch state_dict or a Gluon .params file.
+    A missing, extra or misshapen parameter raises ValueError naming it, changing
+    nothing. Returns `net`. (:func:`read_params` returns the arrays and metadata.)"""
+    return _weights.load_params(net, path)
 
 
 __all__ = [
-    "BACKENDS", "BOOK_LEARNING_RATES", "LOSS_REDUCTION", "DataLayoutError", "DownloadError",
+    "BACKENDS", "BOOK_LEARNING_RATES", "BOOK_WEIGHT_DECAY", "LOSS_REDUCTION", "BadImageError", "DataLayoutError",
+    "DownloadError",
     "HOTDOG_SHA1", "HOTDOG_URL", "History", "TrainingDiverged", "build_finetune_net",
     "build_scratch_net", "download_hotdog", "equivalent_lr", "get_backend", "image_folder",
     "load_hotdog", "plot_history", "show_images", "test_augs", "train_augs",
     "train_fine_tuning", "use", "using",
+    "equivalent_sgd", "load_params", "read_params", "save_params",
+    "Checkpoint", "CheckpointError", "Evaluation", "Prediction", "class_names", "evaluate",
+    "init_head_from_source", "load_checkpoint", "lr_sweep", "plot_confusion", "plot_lr_sweep",
+    "plot_predictions", "predict", "read_checkpoint", "save_checkpoint", "split_image_folder",
 ]

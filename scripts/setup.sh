@@ -8,3 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q -e ".[all,test]"
+# The book's package, for tests/test_book_oracle.py: its pins (old numpy, torch,
+# requests, scipy) conflict with both backends, so without them; the `test` extra
+# above brings what it imports (IPython, matplotlib-inline, pandas, requests).
+.venv/bin/python -m pip install -q --no-deps "d2l==1.0.3"

@@ -66,16 +66,28 @@ def load_features(net, arrays, source="weights"):
                          f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
                          f"{'...' if len(extra) > 5 else ''}")
     for k, p in own.items():
-        if tuple(theirs[k].shape) != tuple(p.shape):
-            raise ValueError(f"{source}: parameter {k!r} has shape {tuple(theirs[k].shape)}, "
-                             f"the network expects {tuple(p.shape)}")
+        want, got = tuple(p.shape), tuple(theirs[k].shape)
+        # Gluon leaves not-yet-inferred dimensions as 0 until the first forward pass
+        if len(want) != len(got) or any(w not in (0, g) for w, g in zip(want, got)):
+            raise ValueError(f"{source}: parameter {k!r} has shape {got}, "
+                             f"the network expects {want}")
     for k, p in own.items():
         value = theirs[k]
         value = value if isinstance(value, mx.nd.NDArray) else mx.nd.array(value, dtype="float32")
+        if 0 in tuple(p.shape):
+            p.shape = tuple(value.shape)
         if p._data is None:
-            p.initialize(ctx=mx.cpu())
+            if p._deferred_init:
+                p._finish_deferred_init()
+            else:
+                p.initialize(ctx=mx.cpu())
         p.set_data(value)
     return net
+
+
+def model_root():
+    """Gluon's model-zoo cache folder, $MXNET_HOME/models (default ~/.mxnet/models)."""
+    return os.path.join(mx.base.data_dir(), "models")
 
 
 def _new_net(arch, classes):
@@ -87,7 +99,9 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
     Xavier-initialised `output` with `num_classes` outputs and `lr_mult = 10`.
 
     `pretrained`: True (Gluon model zoo ImageNet weights, through its cache in
-    $MXNET_HOME/models), a path to a Gluon `.params` file, or False (Xavier features).
+    $MXNET_HOME/models), a path to a weights file (d2lft's portable file, a Gluon
+    `.params` file, or a torch state_dict, see `d2lft.weights`), or False (Xavier
+    features).
     """
     arch = _check_arch(arch)
     _check_classes(num_classes)
@@ -95,32 +109,43 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
     source_head = None
     if pretrained is True:
         try:
-            src = vision.get_model(arch, pretrained=True)
+            # root read now, not at import ($MXNET_HOME may be set after mxnet's import)
+            src = vision.get_model(arch, pretrained=True, root=model_root())
         except Exception as err:
             from mxnet.gluon.model_zoo import model_store
-            name = model_store.get_model_file.__defaults__[0]
             raise RuntimeError(
                 f"could not get the ImageNet {arch} weights ({err}). Offline? Place "
-                f"{arch}-{model_store.short_hash(arch)}.params in {name}, or pass "
+                f"{arch}-{model_store.short_hash(arch)}.params in {model_root()}, or pass "
                 f"pretrained=PATH") from err
         net.features = src.features
         source_head = src.output
     elif pretrained is False or pretrained is None:
         net.features.initialize(init.Xavier())
     else:
-        arrays = read_params_file(pretrained)
+        from ... import weights as portable
+        from .weights import load_state_arrays
+        arrays, meta = portable.read_params(pretrained)
+        if meta.get("arch") not in (None, arch):
+            raise ValueError(f"{pretrained} holds {meta['arch']} weights but arch={arch!r}: "
+                             f"pass arch={meta['arch']!r}")
         net.features.initialize(init.Xavier())
-        load_features(net, arrays, source=str(pretrained))
-        if "output.weight" in arrays:
-            w = arrays["output.weight"]
+        load_state_arrays(net, arrays, source=str(pretrained), head=False)
+        if "fc.weight" in arrays:
+            w = arrays["fc.weight"]
             source_head = gluon.nn.Dense(w.shape[0], in_units=w.shape[1])
             source_head.initialize()
-            source_head.weight.set_data(w)
-            source_head.bias.set_data(arrays["output.bias"])
+            source_head.weight.set_data(mx.nd.array(w))
+            source_head.bias.set_data(mx.nd.array(arrays["fc.bias"]))
     net.output.initialize(init.Xavier())
     net.output.collect_params().setattr("lr_mult", HEAD_LR_MULT)
     object.__setattr__(net, "source_head", source_head)  # not a child block
     net.source_classes = None
+    if pretrained is True:  # the model zoo's ImageNet class names, in its output order
+        try:
+            from .predict import imagenet_classes
+            net.source_classes = imagenet_classes()
+        except ImportError:  # GluonCV missing: d2lft.init_head_from_source asks for names
+            pass
     net.arch = arch
     return net
 

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 DEFAULT_ARCH = "resnet18"
-ARCHS = ("resnet18", "resnet18_v1")
+ARCHS = ("resnet18", "resnet18_v1", "resnet18_v2")
 HEAD_LR_MULT = 10
 HEAD = "fc"
 
@@ -27,6 +27,9 @@ def _check_classes(num_classes):
 
 
 def _new_net(arch, num_classes=1000, weights=None):
+    if arch == "resnet18_v2":  # Gluon's pre-activation ResNet-18, written in torch
+        from .resnet_v2 import resnet18_v2
+        return resnet18_v2(num_classes=num_classes)
     return torchvision.models.resnet18(weights=weights, num_classes=num_classes)
 
 
@@ -90,10 +93,18 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
     `lr_mult = 10` (honoured by `train_fine_tuning`).
 
     `pretrained`: True (torchvision's ImageNet weights, through its weights enum and
-    cache), a path to a torch state_dict file, or False (random features).
+    cache; v1 only), a path to a weights file (d2lft's portable file, a torch
+    state_dict, or a Gluon .params file, see `d2lft.weights`), or False (random
+    features). `arch='resnet18_v2'` is Gluon's pre-activation network in torch.
     """
     arch = _check_arch(arch)
     _check_classes(num_classes)
+    if pretrained is True and arch == "resnet18_v2":
+        raise ValueError(
+            "torchvision has no ImageNet weights for Gluon's resnet18_v2: pass "
+            "pretrained=PATH with Gluon's resnet18_v2 .params file (reading it needs mxnet) "
+            "or a d2lft file written by d2lft.save_params under the mxnet backend, or use "
+            "arch='resnet18_v1'")
     if pretrained is True:
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         try:
@@ -108,12 +119,15 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
         net = _new_net(arch)
         net.source_classes = None
     else:
-        sd = load_state_dict_file(pretrained)
-        n_src = sd["fc.weight"].shape[0] if "fc.weight" in sd else 1000
+        from ... import weights as portable
+        from .weights import load_state_arrays
+        arrays, meta = portable.read_params(pretrained)
+        if meta.get("arch") not in (None, portable.canonical_arch(arch)):
+            raise ValueError(f"{pretrained} holds {meta['arch']} weights but arch={arch!r}: "
+                             f"pass arch={meta['arch']!r}")
+        n_src = arrays["fc.weight"].shape[0] if "fc.weight" in arrays else 1000
         net = _new_net(arch, num_classes=n_src)
-        load_features(net, sd, source=str(pretrained))
-        if "fc.weight" in sd:
-            net.fc.load_state_dict({"weight": sd["fc.weight"], "bias": sd["fc.bias"]})
+        load_state_arrays(net, arrays, source=str(pretrained), head="fc.weight" in arrays)
         net.source_classes = None
     # plain attributes (object.__setattr__), so the old head is not a submodule
     object.__setattr__(net, "source_head", _set_head(net, num_classes, HEAD_LR_MULT))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...history import History
+from ...checkpoint import epoch_seed, resume_into, save_checkpoint
 from ...training import TrainingDiverged, check_finite, Reporter
 from .data import make_loaders
 
@@ -39,6 +40,16 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def reseed_epoch(seed, epoch, train_iter):
+    """Seed epoch `epoch`'s shuffling and augmentation from (seed, epoch) alone, so a
+    run resumed from a checkpoint continues exactly as the uninterrupted run."""
+    s = epoch_seed(seed, epoch)
+    seed_everything(s)
+    generator = getattr(train_iter, "generator", None)
+    if generator is not None:
+        generator.manual_seed(s)
+
+
 def evaluate_accuracy(net, data_iter, device=None):
     """Accuracy of `net` over `data_iter` (eval mode, no gradients)."""
     device = device or next(net.parameters()).device
@@ -54,32 +65,62 @@ def evaluate_accuracy(net, data_iter, device=None):
 
 def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_group=True, *,
                       data_dir, image_size=224, devices=None, seed=None, num_workers=None,
-                      verbose=True, train_iter=None, test_iter=None):
+                      verbose=True, train_iter=None, test_iter=None,
+                      weight_decay=WEIGHT_DECAY, deterministic=False, checkpoint_dir=None,
+                      resume=None, pipeline="book", freeze=False, precision="auto",
+                      compile=False, decode_cache="memory", feature_passes=1, augment=None):
     """The PyTorch tab's `train_fine_tuning` + `train_ch13`: SGD with weight decay
     0.001, 10x learning rate on parameters marked `lr_mult`, per-example losses
     (`reduction='none'`) summed before `backward()` (so the gradient is the batch
-    *sum*; see `d2lft.equivalent_lr`)."""
+    *sum*; see `d2lft.equivalent_sgd`). `deterministic=True`: the batches of
+    `d2lft.deterministic.fixed_loaders` (no augmentation, shared decoding, numpy
+    shuffle from `seed`), the same in both backends. `checkpoint_dir`: write a
+    checkpoint there after every epoch; `resume`: a checkpoint to continue from (see
+    `d2lft.checkpoint`). `pipeline='fast'` and `freeze=True` run in `.fast` (see there)."""
+    from .fast import RunMemory, check_options, count_params
+    check_options(pipeline, freeze, precision, feature_passes, deterministic, compile)
+    if pipeline == "fast" or freeze:
+        from .fast import train_fast
+        return train_fast(net, learning_rate, batch_size, num_epochs, param_group,
+                          data_dir=data_dir, image_size=image_size, devices=devices, seed=seed,
+                          num_workers=num_workers, verbose=verbose, weight_decay=weight_decay,
+                          checkpoint_dir=checkpoint_dir, resume=resume, pipeline=pipeline,
+                          freeze=freeze, precision=precision, compile=compile,
+                          decode_cache=decode_cache, feature_passes=feature_passes,
+                          augment=augment)
     if seed is not None:
         seed_everything(seed)
     devices = list(devices) if devices else all_devices()
+    if (train_iter is None or test_iter is None) and deterministic:
+        from ...deterministic import fixed_loaders
+        train_iter, test_iter = fixed_loaders(data_dir, batch_size, image_size, seed,
+                                              convert=torch.from_numpy)
     if train_iter is None or test_iter is None:
         train_iter, test_iter = make_loaders(data_dir, batch_size, image_size,
                                              num_workers=num_workers, seed=seed)
     loss = nn.CrossEntropyLoss(reduction="none")
     trainer = torch.optim.SGD(param_groups(net, learning_rate, param_group), lr=learning_rate,
-                              weight_decay=WEIGHT_DECAY)
+                              weight_decay=weight_decay)
     model = nn.DataParallel(net, device_ids=devices) if len(devices) > 1 else net
     model.to(devices[0])
     history = History(backend="torch", devices=[str(d) for d in devices],
                       config=dict(learning_rate=learning_rate, batch_size=batch_size,
                                   num_epochs=num_epochs, param_group=param_group,
                                   image_size=image_size, seed=seed,
-                                  weight_decay=WEIGHT_DECAY, loss_reduction="sum"))
-    report = Reporter(history, num_epochs, verbose)
+                                  weight_decay=weight_decay, loss_reduction="sum",
+                                  deterministic=bool(deterministic)))
+    start_epoch = resume_into(net, resume, history) if resume is not None else 0
+    resumed_examples = history.num_examples
+    report = Reporter(history, num_epochs, verbose, batches=train_iter)
+    history.trained_params = count_params(net.parameters())
+    history.config["pipeline"] = "book"
+    memory = RunMemory(devices).start()
     start = time.perf_counter()
     train_time = 0.0
     try:
-        for epoch in range(num_epochs):
+        for epoch in range(start_epoch, num_epochs):
+            if seed is not None:
+                reseed_epoch(seed, epoch, train_iter)
             loss_sum, correct, n = 0.0, 0, 0
             for i, (X, y) in enumerate(train_iter):
                 t0 = time.perf_counter()
@@ -102,11 +143,15 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
             history.num_examples += n
             history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
             report.epoch(epoch)
+            if checkpoint_dir is not None:
+                save_checkpoint(net, checkpoint_dir, epoch=epoch + 1, history=history)
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"
-    history.examples_per_sec = history.num_examples / train_time if train_time else float("nan")
+    history.examples_per_sec = ((history.num_examples - resumed_examples) / train_time
+                                if train_time else float("nan"))
     history.wall_seconds = time.perf_counter() - start
+    memory.finish(history)
     report.done()
     return history
 
