@@ -57,3 +57,14 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (real stand-in data only exists beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch compute thread for the test: tiny batches run many times faster on a
+    busy 2-core machine (d2lft's own thread handling is tested in test_backend.py)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

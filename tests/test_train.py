@@ -119,3 +119,12 @@ def test_equivalent_lr():
                                to_backend="mxnet") == pytest.approx(5e-5 * 128)
     with pytest.raises(ValueError):
         d2lft.equivalent_lr(0.01, batch_size=128, from_backend="jax", to_backend="torch")
+
+
+def test_diverging_run_stops_naming_epoch_and_batch(backend, toy_data):
+    net = d2lft.build_scratch_net()
+    with pytest.raises(d2lft.TrainingDiverged,
+                       match=r"epoch 1, batch [23]: training diverged at learning rate 1e\+30\. "
+                             r"Try a lower learning rate"):
+        d2lft.train_fine_tuning(net, 1e30, batch_size=16, num_epochs=2, param_group=False,
+                                data_dir=toy_data, image_size=32, seed=0, verbose=False)
