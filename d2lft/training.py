@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+import time
 
 
 class TrainingDiverged(FloatingPointError):
@@ -50,6 +51,18 @@ def check_speed_options(pipeline="book", freeze=False, precision="auto", feature
     if deterministic and (pipeline == "fast" or freeze):
         raise ValueError("deterministic=True feeds its own fixed batches to the book's loop; "
                          "it cannot be combined with pipeline='fast' or freeze=True")
+
+
+def finish_run(history, *, start, train_time, resumed_examples, memory, report):
+    """Close a run: the book's examples/sec (examples over the seconds spent in
+    training steps, this session only), wall-clock seconds, peak memory, and the
+    book's closing lines."""
+    history.examples_per_sec = ((history.num_examples - resumed_examples) / train_time
+                                if train_time else float("nan"))
+    history.wall_seconds = time.perf_counter() - start
+    memory.finish(history)
+    report.done()
+    return history
 
 
 def check_finite(batch_loss: float, epoch: int, batch: int, learning_rate):

@@ -3,7 +3,6 @@ backend; shared by finetune_mxnet.py and finetune_torch.py."""
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 
 import d2lft

@@ -36,7 +36,7 @@ from ...data import load_rgb
 from ...decode_cache import (_fallback, epoch_batches, get_cache, sample_resized_crops,
                              train_store)
 from ...history import History
-from ...training import Reporter, TrainingDiverged, check_finite, check_speed_options
+from ...training import Reporter, TrainingDiverged, check_finite, check_speed_options, finish_run
 from .data import MEAN, STD, image_folder, make_loaders, test_resize
 
 MIN_AREA = 32  # images smaller than this take Gluon's fallback (see data.RandomResizedCrop)
@@ -278,12 +278,8 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
     finally:
         for name, p in params.items():
             p.lr_mult = saved_mult[name]
-    history.examples_per_sec = ((history.num_examples - resumed_examples) / train_time
-                                if train_time else float("nan"))
-    history.wall_seconds = time.perf_counter() - start
-    memory.finish(history)
-    report.done()
-    return history
+    return finish_run(history, start=start, train_time=train_time,
+                      resumed_examples=resumed_examples, memory=memory, report=report)
 
 
 class _FastFull:

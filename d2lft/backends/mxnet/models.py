@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 
 import mxnet as mx
 from mxnet import gluon, init
@@ -35,54 +34,6 @@ def head(net):
 def named_params(block):
     """Structural parameter names ('features.0.gamma', 'output.weight') -> Parameter."""
     return block._collect_params_with_prefix()
-
-
-def read_params_file(path):
-    """A Gluon `.params` file as {structural name: NDArray}."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        loaded = mx.nd.load(os.fspath(path))
-    except mx.base.MXNetError as err:
-        raise ValueError(f"{path} is not a readable MXNet .params file ({err})") from err
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path} holds unnamed arrays; expected a file written by "
-                         f"save_parameters")
-    return {k.split(":", 1)[-1]: v for k, v in loaded.items()}
-
-
-def load_features(net, arrays, source="weights"):
-    """Set every `features.*` parameter of `net` from `arrays` ({name: array}).
-
-    A missing, extra or misshapen entry raises ValueError naming it.
-    """
-    own = {k: p for k, p in named_params(net).items() if not k.startswith(HEAD + ".")}
-    theirs = {k: v for k, v in arrays.items() if not k.startswith(HEAD + ".")}
-    missing = sorted(set(own) - set(theirs))
-    extra = sorted(set(theirs) - set(own))
-    if missing or extra:
-        raise ValueError(f"{source} does not fit this network: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-                         f"{'...' if len(extra) > 5 else ''}")
-    for k, p in own.items():
-        want, got = tuple(p.shape), tuple(theirs[k].shape)
-        # Gluon leaves not-yet-inferred dimensions as 0 until the first forward pass
-        if len(want) != len(got) or any(w not in (0, g) for w, g in zip(want, got)):
-            raise ValueError(f"{source}: parameter {k!r} has shape {got}, "
-                             f"the network expects {want}")
-    for k, p in own.items():
-        value = theirs[k]
-        value = value if isinstance(value, mx.nd.NDArray) else mx.nd.array(value, dtype="float32")
-        if 0 in tuple(p.shape):
-            p.shape = tuple(value.shape)
-        if p._data is None:
-            if p._deferred_init:
-                p._finish_deferred_init()
-            else:
-                p.initialize(ctx=mx.cpu())
-        p.set_data(value)
-    return net
 
 
 def model_root():

@@ -11,7 +11,7 @@ from mxnet import autograd, gluon
 
 from ...history import History
 from ...checkpoint import epoch_seed, resume_into, save_checkpoint
-from ...training import TrainingDiverged, check_finite, Reporter
+from ...training import TrainingDiverged, check_finite, finish_run, Reporter
 from .data import make_loaders
 
 WEIGHT_DECAY = 0.001
@@ -152,12 +152,8 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
     finally:
         for name, p in params.items():
             p.lr_mult = saved_mult[name]
-    history.examples_per_sec = ((history.num_examples - resumed_examples) / train_time
-                                if train_time else float("nan"))
-    history.wall_seconds = time.perf_counter() - start
-    memory.finish(history)
-    report.done()
-    return history
+    return finish_run(history, start=start, train_time=train_time,
+                      resumed_examples=resumed_examples, memory=memory, report=report)
 
 
 __all__ = ["train_fine_tuning", "all_devices", "evaluate_accuracy", "TrainingDiverged"]

@@ -47,7 +47,7 @@ from ...decode_cache import (epoch_batches, get_cache, sample_resized_crops, sto
                              train_store)
 from ...history import History
 from ...training import (PRECISIONS, Reporter, TrainingDiverged, check_finite,
-                         check_speed_options)
+                         check_speed_options, finish_run)
 from .data import MEAN, STD, image_folder, make_loaders, test_resize
 from .models import HEAD
 
@@ -493,12 +493,8 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
     finally:
         if pipeline == "fast":  # plain layout again (safetensors needs contiguous tensors)
             net.to(memory_format=torch.contiguous_format)
-    history.examples_per_sec = ((history.num_examples - resumed_examples) / train_time
-                                if train_time else float("nan"))
-    history.wall_seconds = time.perf_counter() - start
-    memory.finish(history)
-    report.done()
-    return history
+    return finish_run(history, start=start, train_time=train_time,
+                      resumed_examples=resumed_examples, memory=memory, report=report)
 
 
 def _maybe_compile(module, compile):

@@ -1,7 +1,6 @@
 """The chapter's networks, PyTorch side: torchvision ResNet-18 with a new head."""
 from __future__ import annotations
 
-import os
 import pathlib
 
 import torch
@@ -47,44 +46,6 @@ def _set_head(net, num_classes, lr_mult):
             p.lr_mult = lr_mult
     setattr(net, HEAD, fc)
     return old
-
-
-def load_state_dict_file(path):
-    """Read a torch weights file safely (`weights_only=True`: no pickle code runs)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        sd = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for bad files
-        raise ValueError(f"{path} is not a readable torch weights file ({err})") from err
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state_dict")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def load_features(net, state_dict, source="weights"):
-    """Copy every non-head parameter and buffer from `state_dict` into `net`.
-
-    Every feature tensor must be present with the right shape; a missing, extra or
-    misshapen entry raises ValueError naming it.
-    """
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith(HEAD + ".")}
-    theirs = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
-    missing = sorted(set(own) - set(theirs))
-    extra = sorted(set(theirs) - set(own))
-    if missing or extra:
-        raise ValueError(f"{source} does not fit this network: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-                         f"{'...' if len(extra) > 5 else ''}")
-    for k, v in own.items():
-        if tuple(theirs[k].shape) != tuple(v.shape):
-            raise ValueError(f"{source}: parameter {k!r} has shape {tuple(theirs[k].shape)}, "
-                             f"the network expects {tuple(v.shape)}")
-    net.load_state_dict({**net.state_dict(), **theirs})
-    return net
 
 
 def build_finetune_net(num_classes=2, pretrained=True, arch=None):

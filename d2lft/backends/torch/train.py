@@ -10,7 +10,7 @@ from torch import nn
 
 from ...history import History
 from ...checkpoint import epoch_seed, resume_into, save_checkpoint
-from ...training import TrainingDiverged, check_finite, Reporter
+from ...training import TrainingDiverged, check_finite, finish_run, Reporter
 from .data import make_loaders
 
 WEIGHT_DECAY = 0.001
@@ -148,12 +148,8 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"
-    history.examples_per_sec = ((history.num_examples - resumed_examples) / train_time
-                                if train_time else float("nan"))
-    history.wall_seconds = time.perf_counter() - start
-    memory.finish(history)
-    report.done()
-    return history
+    return finish_run(history, start=start, train_time=train_time,
+                      resumed_examples=resumed_examples, memory=memory, report=report)
 
 
 __all__ = ["train_fine_tuning", "all_devices", "param_groups", "evaluate_accuracy",
