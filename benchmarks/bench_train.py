@@ -8,13 +8,18 @@
         --weights ../shared/data/food100-resnet18.pth --image-size 112
 
 For every variant (``--variants``, default ``book,fast,fast-freeze``) it trains a
-fresh network from the same initial weights with ``d2lft.train_fine_tuning`` and
+fresh network from the same initial weights, each variant in a fresh process (so peak
+memory and thread settings are its own), with ``d2lft.train_fine_tuning`` and
 reports wall-clock images/s over training *and* evaluation
 (``epochs * (train + test) / wall seconds`` of the whole call: data setup, decoding,
 training and the per-epoch evaluation), the ratio to the book pipeline, the final test
 accuracy, the peak host and device memory and the number of trained parameters.
 The fast variants start with an empty decode cache, so their one-time decoding is
-included. Results go to ``--out`` (default ``benchmarks/results/``) as JSON and
+included. ``ceiling`` is no pipeline: the fast path's training step and evaluation on
+one pre-made batch, as many images as the runs see -- the most any input pipeline can
+reach with that network, precision and machine. ``book-mxnet-threads`` (MXNet only) is
+the book's pipeline with MXNet's own OpenMP default, as the book's code gets it (half
+the logical processors on Intel x86; d2lft gives MXNet one thread per physical core). Results go to ``--out`` (default ``benchmarks/results/``) as JSON and
 markdown with the machine, the library versions and the command line.
 
 Without ``--data-dir`` it writes a synthetic hotdog-shaped JPEG folder (two classes,
@@ -44,11 +49,18 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 VARIANTS = {
+    # MXNet only: the book's pipeline with MXNet's own OpenMP default (mxnet imported
+    # before d2lft, as the book's code does): half the logical processors on Intel x86
+    "book-mxnet-threads": dict(pipeline="book"),
     "book": dict(pipeline="book"),
     "fast": dict(pipeline="fast"),
     "fast-compile": dict(pipeline="fast", compile=True),
     "fast-freeze": dict(pipeline="fast", freeze=True),
     "book-freeze": dict(pipeline="book", freeze=True),
+    # not a pipeline: the fast path's training step and evaluation on one pre-made batch
+    # (no data at all), as many images as the runs see: the most any input pipeline can
+    # reach with this network, precision and machine
+    "ceiling": dict(pipeline="none"),
 }
 CLASSES = ("hotdog", "not-hotdog")
 
@@ -208,7 +220,91 @@ def devices_for(backend, device):
         if device.startswith("cuda") else [mx.cpu()]
 
 
+def ceiling(backend, folder, args, n_train, n_test):
+    """Seconds for `epochs` x (n_train images of training steps + n_test of evaluation)
+    on one pre-made batch: the compute alone, as the fast pipeline runs it, after one
+    untimed warm-up step and evaluation (so an upper bound for the pipelines)."""
+    import d2lft
+    B, S, E = args.batch_size, args.image_size, args.epochs
+    steps = [(min(B, n_train - s)) for s in range(0, n_train, B)]
+    evals = [(min(B, n_test - s)) for s in range(0, n_test, B)]
+    lr = args.lr if args.lr is not None else d2lft.BOOK_LEARNING_RATES[backend]["finetune"]
+    with d2lft.using(backend):
+        net = build_net(backend, args)
+        if backend == "torch":
+            import torch
+            from d2lft.backends.torch.fast import _autocast, resolve_precision
+            dev = torch.device(args.device)
+            prec = resolve_precision(args.precision, dev)
+            net = net.to(dev).to(memory_format=torch.channels_last)
+            X = torch.randn(B, 3, S, S, device=dev).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 2, (B,), device=dev)
+            opt = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=1e-3)
+            loss = torch.nn.CrossEntropyLoss(reduction="none")
+            sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+            t = None
+            for e in range(-1, E):  # epoch -1: one step and one evaluation, untimed
+                if e == 0:
+                    sync()
+                    t = time.perf_counter()
+                net.train()
+                for b in (steps if e >= 0 else steps[:1]):
+                    with _autocast(dev, prec):
+                        l = loss(net(X[:b]), y[:b])
+                    opt.zero_grad()
+                    l.sum().backward()
+                    opt.step()
+                net.eval()
+                with torch.no_grad(), _autocast(dev, prec):
+                    for b in (evals if e >= 0 else evals[:1]):
+                        net(X[:b]).argmax(1)
+            sync()
+            return time.perf_counter() - t, prec
+        import mxnet as mx
+        from mxnet import autograd, gluon
+        ctx = devices_for(backend, args.device)[0]
+        net.collect_params().reset_ctx(ctx)
+        net.hybridize(static_alloc=True, static_shape=True)
+        X = mx.nd.random.normal(shape=(B, 3, S, S), ctx=ctx)
+        y = mx.nd.zeros((B,), ctx=ctx)
+        trainer = gluon.Trainer(net.collect_params(), "sgd",
+                                {"learning_rate": lr, "wd": 1e-3})
+        loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        t = None
+        for e in range(-1, E):  # epoch -1: one step and one evaluation, untimed
+            if e == 0:
+                mx.nd.waitall()
+                t = time.perf_counter()
+            for b in (steps if e >= 0 else steps[:1]):
+                with autograd.record():
+                    l = loss(net(X[:b]), y[:b])
+                l.backward()
+                trainer.step(b)
+            for b in (evals if e >= 0 else evals[:1]):
+                net(X[:b]).argmax(axis=1).wait_to_read()
+        mx.nd.waitall()
+        return time.perf_counter() - t, "fp32"
+
+
+def run_ceiling(backend, folder, args, n_train, n_test):
+    from d2lft._memory import HostPeak as PeakMemory
+    with PeakMemory() as mem:
+        wall, prec = ceiling(backend, folder, args, n_train, n_test)
+    images = args.epochs * (n_train + n_test)
+    return {"variant": "ceiling", "options": {"precision": prec}, "learning_rate": None,
+            "wall_seconds": round(wall, 3), "images_per_sec": round(images / wall, 2),
+            "test_acc": [], "train_loss": [], "train_acc": [],
+            "peak_host_mb": round(mem.peak_mb), "peak_device_mb": None,
+            "trained_params": None, "config": {}}
+
+
 def run_variant(backend, name, folder, args, n_train, n_test):
+    if name == "ceiling":
+        return run_ceiling(backend, folder, args, n_train, n_test)
+    if name == "book-mxnet-threads":
+        if backend != "mxnet":
+            raise SystemExit("book-mxnet-threads is an MXNet variant")
+        import mxnet  # noqa: F401  before d2lft: MXNet's own thread default
     import d2lft
     from d2lft import decode_cache
     decode_cache._MEMORY.clear()  # every fast run decodes from scratch
@@ -239,6 +335,33 @@ def run_variant(backend, name, folder, args, n_train, n_test):
     }
 
 
+def _child(backend, name, folder, args, n_train, n_test, conn):
+    try:
+        conn.send(("ok", run_variant(backend, name, folder, args, n_train, n_test)))
+    except BaseException as err:  # reported by the parent
+        import traceback
+        conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+
+
+def run_isolated(backend, name, folder, args, n_train, n_test):
+    """`run_variant` in a fresh process: its own peak memory, threads and caches."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(backend, name, folder, args, n_train, n_test, child))
+    p.start()
+    child.close()
+    try:
+        status, value = parent.recv()
+    except EOFError:
+        p.join()
+        raise SystemExit(f"[{backend}] {name}: the run's process died (exit code {p.exitcode})")
+    p.join()
+    if status != "ok":
+        raise SystemExit(f"[{backend}] {name} failed:\n{value}")
+    return value
+
+
 def markdown(result):
     lines = [f"# bench_train: {', '.join(result['backends'])} on {result['device']}", "",
              f"- date (UTC): {result['date']}",
@@ -259,11 +382,12 @@ def markdown(result):
         for r in runs:
             acc = r["test_acc"][-1] if r["test_acc"] else float("nan")
             loss = r["train_loss"][-1] if r["train_loss"] else float("nan")
+            params = f"{r['trained_params']:,}" if r["trained_params"] is not None else "-"
             lines.append(f"| {r['variant']} | {r['wall_seconds']:.1f} | "
                          f"{r['images_per_sec']:.1f} | {r.get('speedup_vs_book', 'n/a')} | "
                          f"{acc:.3f} | {loss:.3f} | {r['peak_host_mb']} | "
                          f"{r['peak_device_mb'] if r['peak_device_mb'] is not None else '-'} | "
-                         f"{r['trained_params']:,} |")
+                         f"{params} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -324,10 +448,11 @@ def main(argv=None):
         runs = []
         for name in variants:
             print(f"[{backend}] {name} ...", flush=True)
-            r = run_variant(backend, name, folder, args, n_train, n_test)
+            r = run_isolated(backend, name, folder, args, n_train, n_test)
             runs.append(r)
             print(f"[{backend}] {name}: {r['images_per_sec']:.1f} images/s, wall "
-                  f"{r['wall_seconds']:.1f}s, test acc {r['test_acc'][-1]:.3f}, peak host "
+                  f"{r['wall_seconds']:.1f}s, test acc "
+                  f"{r['test_acc'][-1] if r['test_acc'] else float('nan'):.3f}, peak host "
                   f"{r['peak_host_mb']} MB, device {r['peak_device_mb']} MB", flush=True)
         book = next((r for r in runs if r["variant"] == "book"), None)
         for r in runs:

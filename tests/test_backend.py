@@ -9,10 +9,11 @@ import d2lft
 from d2lft import _backend
 
 
-def run_py(code, env=None):
+def run_py(code, env=None, drop=()):
     import os
     full_env = dict(os.environ)
-    full_env.pop("D2LFT_BACKEND", None)
+    for var in ("D2LFT_BACKEND", *drop):
+        full_env.pop(var, None)
     full_env.update(env or {})
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                          text=True, env=full_env, timeout=300)
@@ -107,6 +108,65 @@ def test_mxnet_import_keeps_torch_threads():
     """)
     before, after = line.split()
     assert before == after
+
+
+# CPU time per OS thread of this process over 20 MXNet convolutions: how many threads
+# MXNet really computes on (each busy thread gets about the same share)
+BUSY_THREADS = """
+    import os
+    def ticks():
+        out = {}
+        for t in os.listdir('/proc/self/task'):
+            try:
+                f = open(f'/proc/self/task/{t}/stat').read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            out[t] = int(f[11]) + int(f[12])
+        return out
+    x = mx.nd.random.normal(shape=(32, 64, 56, 56))
+    w = mx.nd.random.normal(shape=(64, 64, 3, 3))
+    conv = lambda: mx.nd.Convolution(x, w, kernel=(3, 3), num_filter=64, no_bias=True,
+                                     pad=(1, 1)).wait_to_read()
+    conv()
+    a = ticks()
+    for _ in range(20):
+        conv()
+    b = ticks()
+    d = sorted((b[t] - a.get(t, 0) for t in b), reverse=True)
+    print(sum(v > 0.3 * d[0] for v in d), os.environ.get('MXNET_OMP_MAX_THREADS'))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_mxnet_computes_on_every_core():
+    """MXNet's own default is half the logical processors (1 on a 2-core VM without
+    hyper-threads); through d2lft it computes on one thread per physical core."""
+    from d2lft._threads import physical_cores
+    if physical_cores() < 2:
+        pytest.skip("needs at least 2 physical cores")
+    code = """
+        import d2lft
+        from d2lft.backends.mxnet._compat import import_mxnet
+        d2lft.use('mxnet')
+        mx = import_mxnet()
+    """
+    busy, env = run_py(textwrap.dedent(code) + textwrap.dedent(BUSY_THREADS),
+                       drop=("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")).split()
+    assert env == str(physical_cores())
+    assert int(busy) == physical_cores()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_mxnet_threads_chosen_by_the_user_are_kept():
+    code = """
+        import d2lft
+        from d2lft.backends.mxnet._compat import import_mxnet
+        d2lft.use('mxnet')
+        mx = import_mxnet()
+    """
+    busy, env = run_py(textwrap.dedent(code) + textwrap.dedent(BUSY_THREADS),
+                       env={"OMP_NUM_THREADS": "1"}, drop=("MXNET_OMP_MAX_THREADS",)).split()
+    assert (busy, env) == ("1", "None")
 
 
 def test_torch_after_mxnet_gets_default_threads():

@@ -8,7 +8,9 @@ MX_HINT = "pip install 'd2lft[mxnet]'  (mxnet==1.9.1 with numpy<1.24)"
 
 
 def import_mxnet():
-    """Import mxnet, keeping torch's CPU thread count as it was."""
+    """Import mxnet with one OpenMP thread per physical core for MXNet (its own default
+    is half the logical processors), keeping torch's CPU thread count as it was (see
+    `d2lft._threads`)."""
     if "mxnet" in sys.modules:
         return sys.modules["mxnet"]
     import numpy
@@ -18,6 +20,9 @@ def import_mxnet():
                           f"installed: {MX_HINT}")
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
+    import os
+    from ..._threads import mxnet_threads_env
+    os.environ.update(mxnet_threads_env())
     try:
         import mxnet
     except ImportError as err:
