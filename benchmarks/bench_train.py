@@ -19,7 +19,10 @@ included. ``ceiling`` is no pipeline: the fast path's training step and evaluati
 one pre-made batch, as many images as the runs see -- the most any input pipeline can
 reach with that network, precision and machine. ``book-mxnet-threads`` (MXNet only) is
 the book's pipeline with MXNet's own OpenMP default, as the book's code gets it (half
-the logical processors on Intel x86; d2lft gives MXNet one thread per physical core). Results go to ``--out`` (default ``benchmarks/results/``) as JSON and
+the logical processors on Intel x86; d2lft gives MXNet one thread per physical core).
+``fast-fp32`` and ``ceiling-fp32`` force fp32 (on bf16-capable devices the others use
+bf16); ``fast-pildecode`` decodes the training images with PIL on the host where the
+fast path would decode them on the GPU (torch on CUDA). Results go to ``--out`` (default ``benchmarks/results/``) as JSON and
 markdown with the machine, the library versions and the command line.
 
 Without ``--data-dir`` it writes a synthetic hotdog-shaped JPEG folder (two classes,
@@ -55,13 +58,19 @@ VARIANTS = {
     "book": dict(pipeline="book"),
     "fast": dict(pipeline="fast"),
     "fast-compile": dict(pipeline="fast", compile=True),
+    "fast-fp32": dict(pipeline="fast", precision="fp32"),
+    # torch on CUDA: the training images decoded by PIL on the host, not by nvJPEG
+    "fast-pildecode": dict(pipeline="fast"),
     "fast-freeze": dict(pipeline="fast", freeze=True),
     "book-freeze": dict(pipeline="book", freeze=True),
     # not a pipeline: the fast path's training step and evaluation on one pre-made batch
     # (no data at all), as many images as the runs see: the most any input pipeline can
     # reach with this network, precision and machine
     "ceiling": dict(pipeline="none"),
+    "ceiling-fp32": dict(pipeline="none", precision="fp32"),
 }
+#: environment variables a variant's process starts with
+VARIANT_ENV = {"fast-pildecode": {"D2LFT_GPU_DECODE": "0"}}
 CLASSES = ("hotdog", "not-hotdog")
 
 
@@ -179,10 +188,24 @@ def machine_info(device):
     return info
 
 
+def git_commit():
+    """The checkout's commit (with '+dirty' when files differ from it), or None."""
+    import subprocess
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (rev + ("+dirty" if dirty.strip() else "")) if rev else None
+
+
 def versions(backends):
     import d2lft
     import PIL
-    out = {"d2lft": d2lft.__version__, "numpy": np.__version__, "pillow": PIL.__version__}
+    out = {"d2lft": d2lft.__version__, "commit": git_commit(), "numpy": np.__version__,
+           "pillow": PIL.__version__}
     if "torch" in backends:
         import torch
         import torchvision
@@ -220,7 +243,7 @@ def devices_for(backend, device):
         if device.startswith("cuda") else [mx.cpu()]
 
 
-def ceiling(backend, folder, args, n_train, n_test):
+def ceiling(backend, folder, args, n_train, n_test, precision="auto"):
     """Seconds for `epochs` x (n_train images of training steps + n_test of evaluation)
     on one pre-made batch: the compute alone, as the fast pipeline runs it, after one
     untimed warm-up step and evaluation (so an upper bound for the pipelines)."""
@@ -235,7 +258,7 @@ def ceiling(backend, folder, args, n_train, n_test):
             import torch
             from d2lft.backends.torch.fast import _autocast, resolve_precision
             dev = torch.device(args.device)
-            prec = resolve_precision(args.precision, dev)
+            prec = resolve_precision(precision, dev)
             net = net.to(dev).to(memory_format=torch.channels_last)
             X = torch.randn(B, 3, S, S, device=dev).contiguous(memory_format=torch.channels_last)
             y = torch.randint(0, 2, (B,), device=dev)
@@ -280,18 +303,20 @@ def ceiling(backend, folder, args, n_train, n_test):
                     l = loss(net(X[:b]), y[:b])
                 l.backward()
                 trainer.step(b)
+                l.wait_to_read()  # one step at a time, as the pipelines run
             for b in (evals if e >= 0 else evals[:1]):
                 net(X[:b]).argmax(axis=1).wait_to_read()
         mx.nd.waitall()
         return time.perf_counter() - t, "fp32"
 
 
-def run_ceiling(backend, folder, args, n_train, n_test):
+def run_ceiling(backend, name, folder, args, n_train, n_test):
     from d2lft._memory import HostPeak as PeakMemory
+    precision = VARIANTS[name].get("precision", args.precision)
     with PeakMemory() as mem:
-        wall, prec = ceiling(backend, folder, args, n_train, n_test)
+        wall, prec = ceiling(backend, folder, args, n_train, n_test, precision)
     images = args.epochs * (n_train + n_test)
-    return {"variant": "ceiling", "options": {"precision": prec}, "learning_rate": None,
+    return {"variant": name, "options": {"precision": prec}, "learning_rate": None,
             "wall_seconds": round(wall, 3), "images_per_sec": round(images / wall, 2),
             "test_acc": [], "train_loss": [], "train_acc": [],
             "peak_host_mb": round(mem.peak_mb), "peak_device_mb": None,
@@ -299,8 +324,8 @@ def run_ceiling(backend, folder, args, n_train, n_test):
 
 
 def run_variant(backend, name, folder, args, n_train, n_test):
-    if name == "ceiling":
-        return run_ceiling(backend, folder, args, n_train, n_test)
+    if VARIANTS[name]["pipeline"] == "none":
+        return run_ceiling(backend, name, folder, args, n_train, n_test)
     if name == "book-mxnet-threads":
         if backend != "mxnet":
             raise SystemExit("book-mxnet-threads is an MXNet variant")
@@ -310,7 +335,7 @@ def run_variant(backend, name, folder, args, n_train, n_test):
     decode_cache._MEMORY.clear()  # every fast run decodes from scratch
     kw = dict(VARIANTS[name])
     if kw["pipeline"] == "fast":
-        kw["precision"] = args.precision
+        kw.setdefault("precision", args.precision)
     if kw.get("freeze"):
         kw["feature_passes"] = args.feature_passes
     lr = args.lr if args.lr is not None else d2lft.BOOK_LEARNING_RATES[backend]["finetune"]
@@ -336,6 +361,7 @@ def run_variant(backend, name, folder, args, n_train, n_test):
 
 
 def _child(backend, name, folder, args, n_train, n_test, conn):
+    os.environ.update(VARIANT_ENV.get(name, {}))
     try:
         conn.send(("ok", run_variant(backend, name, folder, args, n_train, n_test)))
     except BaseException as err:  # reported by the parent
@@ -373,7 +399,9 @@ def markdown(result):
              "- machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
              "", "images/s = epochs x (train + test images) / wall-clock seconds of the whole "
-             "`train_fine_tuning` call (data setup, decoding, training, evaluation).", ""]
+             "`train_fine_tuning` call (data setup, decoding, training, evaluation); "
+             "for `ceiling` rows, of the training steps and evaluations alone on one "
+             "pre-made batch (no data pipeline: the most any pipeline can reach).", ""]
     for backend, runs in result["runs"].items():
         lines += [f"## {backend}", "",
                   "| variant | wall s | images/s | x book | final test acc | final train loss "

@@ -162,12 +162,14 @@ class DecodeCache:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in kind)
         return self.cache_dir / f"{safe}-{digest}.npz"
 
-    def load(self, paths, kind: str, fn, threads=True) -> ImageStore:
+    def load(self, paths, kind: str, fn, threads=True, batch_fn=None) -> ImageStore:
         """The store for `paths` transformed by ``fn(path) -> (uint8 HxWx3, (h, w))``.
 
         `kind` names `fn` and its parameters (e.g. ``'train-short448'``): entries made
         by another `kind` are never mixed in. `threads=False` runs `fn` in this thread
-        only (for functions that are not thread-safe).
+        only (for functions that are not thread-safe). `batch_fn`, when given, replaces
+        `fn` for the files to decode: ``batch_fn(paths) -> [fn(p) for p in paths]``
+        (e.g. decoding them on a GPU).
         """
         paths = [os.fspath(p) for p in paths]
         keys = [file_key(p) for p in paths]
@@ -186,7 +188,9 @@ class DecodeCache:
             else:
                 todo.append(n)
         if todo:
-            if threads and self.workers > 1 and len(todo) > 1:
+            if batch_fn is not None:
+                results = batch_fn([paths[n] for n in todo])
+            elif threads and self.workers > 1 and len(todo) > 1:
                 with concurrent.futures.ThreadPoolExecutor(self.workers) as ex:
                     results = list(ex.map(fn, [paths[n] for n in todo]))
             else:
@@ -263,13 +267,20 @@ def get_cache(decode_cache="memory") -> DecodeCache:
 _DISK = {}
 
 
-def train_store(paths, image_size, decode_cache="memory", max_short=None) -> ImageStore:
+def train_store(paths, image_size, decode_cache="memory", max_short=None,
+                decoder=None) -> ImageStore:
     """Training images decoded once with PIL, short side at most `max_short`
-    (default :func:`default_max_short`)."""
+    (default :func:`default_max_short`). `decoder`, when given, decodes the files
+    instead: ``decoder(paths, max_short)`` returns what `decode_rgb` returns for each,
+    and ``decoder.kind`` names it in the cache (e.g. the torch backend's GPU decoder)."""
     max_short = default_max_short(image_size) if max_short is None else int(max_short)
-    return get_cache(decode_cache).load(
-        paths, f"train-rgb-short{max_short}",
-        lambda p: decode_rgb(p, max_short))
+    kind = f"train-rgb-short{max_short}"
+    batch_fn = None
+    if decoder is not None:
+        kind += f"-{decoder.kind}"
+        batch_fn = lambda ps: decoder(ps, max_short)  # noqa: E731
+    return get_cache(decode_cache).load(paths, kind, lambda p: decode_rgb(p, max_short),
+                                        batch_fn=batch_fn)
 
 
 # ---------------------------------------------------------------- crop sampling

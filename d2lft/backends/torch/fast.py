@@ -259,7 +259,9 @@ class FastData:
         # (and while the first epoch trains); `self.test` waits for them
         self._test_job = _BACKGROUND.submit(test_store, test_paths, image_size, decode_cache)
         try:
-            self.train = train_store(train_paths, image_size, decode_cache)
+            from .gpu_decode import decoder
+            self.train = train_store(train_paths, image_size, decode_cache,
+                                     decoder=decoder(self.device))
         except BaseException:
             self._test_job.cancel()
             raise
