@@ -53,6 +53,17 @@ def check_speed_options(pipeline="book", freeze=False, precision="auto", feature
                          "it cannot be combined with pipeline='fast' or freeze=True")
 
 
+def end_epoch(history, report, epoch, loss_sum, correct, n, test_acc, save=None):
+    """Every training loop's epoch end: count the examples, record the epoch's mean
+    loss, train and test accuracy in `history`, report it, then `save()` (the
+    checkpoint) when given."""
+    history.num_examples += n
+    history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
+    report.epoch(epoch)
+    if save is not None:
+        save()
+
+
 def finish_run(history, *, start, train_time, resumed_examples, memory, report):
     """Close a run: the book's examples/sec (examples over the seconds spent in
     training steps, this session only), wall-clock seconds, peak memory, and the

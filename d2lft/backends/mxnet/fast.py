@@ -36,7 +36,8 @@ from ...data import load_rgb
 from ...decode_cache import (_fallback, epoch_batches, get_cache, sample_resized_crops,
                              train_store)
 from ...history import History
-from ...training import Reporter, TrainingDiverged, check_finite, check_speed_options, finish_run
+from ...training import (Reporter, TrainingDiverged, check_finite, check_speed_options,
+                         end_epoch, finish_run)
 from .data import MEAN, STD, image_folder, make_loaders, test_resize
 
 MIN_AREA = 32  # images smaller than this take Gluon's fallback (see data.RandomResizedCrop)
@@ -267,11 +268,9 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
             for epoch in range(start_epoch, num_epochs):
                 loss_sum, correct, n, test_acc, seconds = run.epoch(epoch)
                 train_time += seconds
-                history.num_examples += n
-                history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
-                report.epoch(epoch)
-                if checkpoint_dir is not None:
-                    save_checkpoint(net, checkpoint_dir, epoch=epoch + 1, history=history)
+                end_epoch(history, report, epoch, loss_sum, correct, n, test_acc,
+                          save=None if checkpoint_dir is None else lambda: save_checkpoint(
+                              net, checkpoint_dir, epoch=epoch + 1, history=history))
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"

@@ -11,7 +11,7 @@ from mxnet import autograd, gluon
 
 from ...history import History
 from ...checkpoint import epoch_seed, resume_into, save_checkpoint
-from ...training import TrainingDiverged, check_finite, finish_run, Reporter
+from ...training import TrainingDiverged, check_finite, end_epoch, finish_run, Reporter
 from .data import make_loaders
 
 WEIGHT_DECAY = 0.001
@@ -141,11 +141,9 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
                 train_time += time.perf_counter() - t0
                 report.batch(epoch, i)
             test_acc = evaluate_accuracy(net, test_iter, devices)
-            history.num_examples += n
-            history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
-            report.epoch(epoch)
-            if checkpoint_dir is not None:
-                save_checkpoint(net, checkpoint_dir, epoch=epoch + 1, history=history)
+            end_epoch(history, report, epoch, loss_sum, correct, n, test_acc,
+                      save=None if checkpoint_dir is None else lambda: save_checkpoint(
+                          net, checkpoint_dir, epoch=epoch + 1, history=history))
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"

@@ -47,7 +47,7 @@ from ...decode_cache import (epoch_batches, get_cache, sample_resized_crops, sto
                              train_store)
 from ...history import History
 from ...training import (PRECISIONS, Reporter, TrainingDiverged, check_finite,
-                         check_speed_options, finish_run)
+                         check_speed_options, end_epoch, finish_run)
 from .data import MEAN, STD, image_folder, make_loaders, test_resize
 from .models import HEAD
 
@@ -433,7 +433,7 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
                decode_cache="memory", feature_passes=1, augment=None):
     """`train_fine_tuning` for ``pipeline='fast'`` and for ``freeze=True`` (either
     pipeline); see the module docstring. Returns a :class:`History`."""
-    from ...checkpoint import resume_into, save_checkpoint
+    from ...checkpoint import resume_into
     from .train import all_devices, param_groups, reseed_epoch, seed_everything
     check_options(pipeline, freeze, precision, feature_passes, deterministic, compile)
     if seed is not None:
@@ -480,15 +480,9 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
             for epoch in range(start_epoch, num_epochs):
                 loss_sum, correct, n, test_acc, seconds = run.epoch(epoch)
                 train_time += seconds
-                history.num_examples += n
-                history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
-                report.epoch(epoch)
-                if checkpoint_dir is not None:
-                    if pipeline == "fast":
-                        net.to(memory_format=torch.contiguous_format)
-                    save_checkpoint(net, checkpoint_dir, epoch=epoch + 1, history=history)
-                    if pipeline == "fast":
-                        net.to(memory_format=torch.channels_last)
+                end_epoch(history, report, epoch, loss_sum, correct, n, test_acc,
+                          save=None if checkpoint_dir is None else lambda: _save_plain(
+                              net, pipeline, checkpoint_dir, epoch + 1, history))
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"
@@ -497,6 +491,17 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
             net.to(memory_format=torch.contiguous_format)
     return finish_run(history, start=start, train_time=train_time,
                       resumed_examples=resumed_examples, memory=memory, report=report)
+
+
+def _save_plain(net, pipeline, checkpoint_dir, epoch, history):
+    """The epoch's checkpoint, written from the plain memory layout (safetensors needs
+    contiguous tensors); the fast pipeline then goes back to channels_last."""
+    from ...checkpoint import save_checkpoint
+    if pipeline == "fast":
+        net.to(memory_format=torch.contiguous_format)
+    save_checkpoint(net, checkpoint_dir, epoch=epoch, history=history)
+    if pipeline == "fast":
+        net.to(memory_format=torch.channels_last)
 
 
 def _maybe_compile(module, compile):
