@@ -11,8 +11,9 @@ d2lft gives each framework its threads: before importing MXNet it sets
 ``MXNET_OMP_MAX_THREADS`` to the number of physical cores (unless the user set either
 variable), so MXNet computes on every core and never touches the shared OpenMP count;
 it still restores torch's count after the import, and gives torch its normal default
-when torch is imported after MXNet. Measured on the 2-core VM (ResNet-18 training step,
-batch 128, 112 px): MXNet 38.6 images/s with its own default, 57-63 with 2 threads.
+when torch is imported after MXNet. Measured on the 2-core VM (the book's MXNet loop,
+5 epochs at 112 px on real photos; `benchmarks/bench_train.py`, variants
+``book-mxnet-threads`` vs ``book``, docs/speed.md): 40.5 -> 68.3 images/s.
 """
 from __future__ import annotations
 

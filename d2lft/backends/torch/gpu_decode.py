@@ -23,7 +23,6 @@ import concurrent.futures
 import io
 import os
 
-import numpy as np
 import torch
 
 from ...decode_cache import decode_rgb
