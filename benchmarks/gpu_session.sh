@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared command for a session that is lent a GPU machine (issue 5).
 # It runs in the repository root there (Python 3.12 + torch, no MXNet, no network) and
-# writes its results into $OUT (default benchmarks/results), about 5 minutes on an H200:
+# writes its results into $OUT (default benchmarks/results); expected 3-5 minutes on an H200:
 #
 #   bash benchmarks/gpu_session.sh            # through the device tool: run(command=...)
 #
