@@ -53,15 +53,19 @@ def check_speed_options(pipeline="book", freeze=False, precision="auto", feature
                          "it cannot be combined with pipeline='fast' or freeze=True")
 
 
-def end_epoch(history, report, epoch, loss_sum, correct, n, test_acc, save=None):
+def end_epoch(history, report, epoch, loss_sum, correct, n, test_acc, *, net=None,
+              checkpoint_dir=None, save=None):
     """Every training loop's epoch end: count the examples, record the epoch's mean
-    loss, train and test accuracy in `history`, report it, then `save()` (the
-    checkpoint) when given."""
+    loss, train and test accuracy in `history`, report it, then, with a
+    `checkpoint_dir`, write the checkpoint of `net` with `save` (default
+    `d2lft.checkpoint.save_checkpoint`, same signature)."""
     history.num_examples += n
     history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
     report.epoch(epoch)
-    if save is not None:
-        save()
+    if checkpoint_dir is not None:
+        if save is None:
+            from .checkpoint import save_checkpoint as save
+        save(net, checkpoint_dir, epoch=epoch + 1, history=history)
 
 
 def finish_run(history, *, start, train_time, resumed_examples, memory, report):

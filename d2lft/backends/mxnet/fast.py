@@ -225,7 +225,7 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
                resume=None, pipeline="fast", freeze=False, precision="auto", compile=False,
                decode_cache="memory", feature_passes=1):
     """`train_fine_tuning` for ``pipeline='fast'`` and for ``freeze=True``."""
-    from ...checkpoint import resume_into, save_checkpoint
+    from ...checkpoint import resume_into
     from .train import all_devices, reseed_epoch, seed_everything
     check_options(pipeline, freeze, precision, feature_passes, deterministic, compile)
     if seed is not None:
@@ -268,9 +268,8 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
             for epoch in range(start_epoch, num_epochs):
                 loss_sum, correct, n, test_acc, seconds = run.epoch(epoch)
                 train_time += seconds
-                end_epoch(history, report, epoch, loss_sum, correct, n, test_acc,
-                          save=None if checkpoint_dir is None else lambda: save_checkpoint(
-                              net, checkpoint_dir, epoch=epoch + 1, history=history))
+                end_epoch(history, report, epoch, loss_sum, correct, n, test_acc, net=net,
+                          checkpoint_dir=checkpoint_dir)
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"

@@ -480,9 +480,9 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
             for epoch in range(start_epoch, num_epochs):
                 loss_sum, correct, n, test_acc, seconds = run.epoch(epoch)
                 train_time += seconds
-                end_epoch(history, report, epoch, loss_sum, correct, n, test_acc,
-                          save=None if checkpoint_dir is None else lambda: _save_plain(
-                              net, pipeline, checkpoint_dir, epoch + 1, history))
+                end_epoch(history, report, epoch, loss_sum, correct, n, test_acc, net=net,
+                          checkpoint_dir=checkpoint_dir,
+                          save=_save_plain if pipeline == "fast" else None)
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"
@@ -493,15 +493,13 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
                       resumed_examples=resumed_examples, memory=memory, report=report)
 
 
-def _save_plain(net, pipeline, checkpoint_dir, epoch, history):
-    """The epoch's checkpoint, written from the plain memory layout (safetensors needs
-    contiguous tensors); the fast pipeline then goes back to channels_last."""
+def _save_plain(net, checkpoint_dir, **kw):
+    """`save_checkpoint` for the fast pipeline: written from the plain memory layout
+    (safetensors needs contiguous tensors), then back to channels_last."""
     from ...checkpoint import save_checkpoint
-    if pipeline == "fast":
-        net.to(memory_format=torch.contiguous_format)
-    save_checkpoint(net, checkpoint_dir, epoch=epoch, history=history)
-    if pipeline == "fast":
-        net.to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.contiguous_format)
+    save_checkpoint(net, checkpoint_dir, **kw)
+    net.to(memory_format=torch.channels_last)
 
 
 def _maybe_compile(module, compile):

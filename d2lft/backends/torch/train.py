@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ...history import History
-from ...checkpoint import epoch_seed, resume_into, save_checkpoint
+from ...checkpoint import epoch_seed, resume_into
 from ...training import TrainingDiverged, check_finite, end_epoch, finish_run, Reporter
 from .data import make_loaders
 
@@ -140,9 +140,8 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
                 train_time += time.perf_counter() - t0
                 report.batch(epoch, i)
             test_acc = evaluate_accuracy(model, test_iter, devices[0])
-            end_epoch(history, report, epoch, loss_sum, correct, n, test_acc,
-                      save=None if checkpoint_dir is None else lambda: save_checkpoint(
-                          net, checkpoint_dir, epoch=epoch + 1, history=history))
+            end_epoch(history, report, epoch, loss_sum, correct, n, test_acc, net=net,
+                      checkpoint_dir=checkpoint_dir)
     except KeyboardInterrupt:
         history.completed = False
         history.stopped_reason = "interrupted (Ctrl-C)"
