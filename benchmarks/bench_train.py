@@ -17,9 +17,12 @@ accuracy, the peak host and device memory and the number of trained parameters.
 The fast variants start with an empty decode cache, so their one-time decoding is
 included. ``ceiling`` is no pipeline: the fast path's training step and evaluation on
 one pre-made batch, as many images as the runs see -- the most any input pipeline can
-reach with that network, precision and machine. ``book-mxnet-threads`` (MXNet only) is
-the book's pipeline with MXNet's own OpenMP default, as the book's code gets it (half
-the logical processors on Intel x86; d2lft gives MXNet one thread per physical core).
+reach with that network, precision and machine. ``book-shipped`` is the book's
+pipeline as the book's own code runs it, without d2lft's process settings: MXNet's own
+OpenMP default (half the logical processors on Intel x86, where d2lft gives MXNet one
+thread per physical core) and glibc's malloc defaults (d2lft keeps freed blocks in
+the heap during a run, ``d2lft/_heap.py``); ``book-mxnet-threads`` (MXNet only) takes
+away the threads alone.
 ``fast-fp32`` and ``ceiling-fp32`` force fp32 (on bf16-capable devices the others use
 bf16); ``fast-pildecode`` decodes the training images with PIL on the host where the
 fast path would decode them on the GPU (torch on CUDA). Results go to ``--out`` (default ``benchmarks/results/``) as JSON and
@@ -55,6 +58,8 @@ VARIANTS = {
     # MXNet only: the book's pipeline with MXNet's own OpenMP default (mxnet imported
     # before d2lft, as the book's code does): half the logical processors on Intel x86
     "book-mxnet-threads": dict(pipeline="book"),
+    # the book's pipeline with none of d2lft's process settings (threads, malloc)
+    "book-shipped": dict(pipeline="book"),
     "book": dict(pipeline="book"),
     "fast": dict(pipeline="fast"),
     "fast-compile": dict(pipeline="fast", compile=True),
@@ -70,7 +75,8 @@ VARIANTS = {
     "ceiling-fp32": dict(pipeline="none", precision="fp32"),
 }
 #: environment variables a variant's process starts with
-VARIANT_ENV = {"fast-pildecode": {"D2LFT_GPU_DECODE": "0"}}
+VARIANT_ENV = {"fast-pildecode": {"D2LFT_GPU_DECODE": "0"},
+               "book-shipped": {"D2LFT_RETAIN_HEAP": "0"}}
 CLASSES = ("hotdog", "not-hotdog")
 
 
@@ -313,7 +319,8 @@ def ceiling(backend, folder, args, n_train, n_test, precision="auto"):
 def run_ceiling(backend, name, folder, args, n_train, n_test):
     from d2lft._memory import HostPeak as PeakMemory
     precision = VARIANTS[name].get("precision", args.precision)
-    with PeakMemory() as mem:
+    from d2lft._heap import retain
+    with PeakMemory() as mem, retain():  # as train_fine_tuning runs
         wall, prec = ceiling(backend, folder, args, n_train, n_test, precision)
     images = args.epochs * (n_train + n_test)
     return {"variant": name, "options": {"precision": prec}, "learning_rate": None,
@@ -326,9 +333,9 @@ def run_ceiling(backend, name, folder, args, n_train, n_test):
 def run_variant(backend, name, folder, args, n_train, n_test):
     if VARIANTS[name]["pipeline"] == "none":
         return run_ceiling(backend, name, folder, args, n_train, n_test)
-    if name == "book-mxnet-threads":
-        if backend != "mxnet":
-            raise SystemExit("book-mxnet-threads is an MXNet variant")
+    if name == "book-mxnet-threads" and backend != "mxnet":
+        raise SystemExit("book-mxnet-threads is an MXNet variant")
+    if name in ("book-mxnet-threads", "book-shipped") and backend == "mxnet":
         import mxnet  # noqa: F401  before d2lft: MXNet's own thread default
     import d2lft
     from d2lft import decode_cache
@@ -404,16 +411,16 @@ def markdown(result):
              "pre-made batch (no data pipeline: the most any pipeline can reach).", ""]
     for backend, runs in result["runs"].items():
         lines += [f"## {backend}", "",
-                  "| variant | wall s | images/s | x book | final test acc | final train loss "
-                  "| peak host MB | peak device MB | trained params |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | wall s | images/s | x book | x book-shipped | final test acc "
+                  "| final train loss | peak host MB | peak device MB | trained params |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             acc = r["test_acc"][-1] if r["test_acc"] else float("nan")
             loss = r["train_loss"][-1] if r["train_loss"] else float("nan")
             params = f"{r['trained_params']:,}" if r["trained_params"] is not None else "-"
             lines.append(f"| {r['variant']} | {r['wall_seconds']:.1f} | "
                          f"{r['images_per_sec']:.1f} | {r.get('speedup_vs_book', 'n/a')} | "
-                         f"{acc:.3f} | {loss:.3f} | {r['peak_host_mb']} | "
+                         f"{r.get('speedup_vs_book_shipped', 'n/a')} | {acc:.3f} | {loss:.3f} | {r['peak_host_mb']} | "
                          f"{r['peak_device_mb'] if r['peak_device_mb'] is not None else '-'} | "
                          f"{params} |")
         lines.append("")
@@ -486,6 +493,11 @@ def main(argv=None):
         for r in runs:
             if book is not None:
                 r["speedup_vs_book"] = round(r["images_per_sec"] / book["images_per_sec"], 2)
+        shipped = next((r for r in runs if r["variant"] == "book-shipped"), None)
+        for r in runs:
+            if shipped is not None:
+                r["speedup_vs_book_shipped"] = round(
+                    r["images_per_sec"] / shipped["images_per_sec"], 2)
         book_frozen = next((r for r in runs if r["variant"] == "book-freeze"), None)
         fast_frozen = next((r for r in runs if r["variant"] == "fast-freeze"), None)
         if book_frozen and fast_frozen:

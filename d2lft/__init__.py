@@ -154,16 +154,17 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
         if checkpoint_dir is None:
             raise ValueError("resume=True continues from checkpoint_dir=, which is not set")
         resume = checkpoint_dir
-    return backend.train_fine_tuning(net, learning_rate, batch_size, num_epochs, param_group,
-                                     data_dir=folder, image_size=image_size, devices=devices,
-                                     checkpoint_dir=checkpoint_dir, resume=resume, seed=seed,
-                                     num_workers=num_workers, verbose=verbose,
-                                     weight_decay=_check_wd(weight_decay),
-                                     deterministic=bool(deterministic),
-                                     pipeline=pipeline, freeze=bool(freeze),
-                                     precision=precision, compile=bool(compile),
-                                     decode_cache=decode_cache,
-                                     feature_passes=feature_passes)
+    from ._heap import retain
+    with retain() as retained:  # freed blocks reused, not mapped again (docs/speed.md)
+        history = backend.train_fine_tuning(
+            net, learning_rate, batch_size, num_epochs, param_group, data_dir=folder,
+            image_size=image_size, devices=devices, checkpoint_dir=checkpoint_dir,
+            resume=resume, seed=seed, num_workers=num_workers, verbose=verbose,
+            weight_decay=_check_wd(weight_decay), deterministic=bool(deterministic),
+            pipeline=pipeline, freeze=bool(freeze), precision=precision,
+            compile=bool(compile), decode_cache=decode_cache, feature_passes=feature_passes)
+    history.config["retain_heap"] = retained
+    return history
 
 
 def _attach_data_info(net, folder, image_size):
