@@ -1,0 +1,68 @@
+"""The benchmark scripts run end to end on tiny inputs and write their records.
+
+No figure is asserted (speed is what the scripts measure, on purpose not here); these
+tests keep the scripts that docs/speed.md cites working.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def _one(out, pattern):
+    files = sorted(out.glob(pattern))
+    assert len(files) == 1, files
+    assert files[0].with_suffix(".md").is_file()
+    return json.loads(files[0].read_text())
+
+
+def test_bench_train_tiny(tmp_path):
+    pytest.importorskip("torch")
+    import bench_train
+    bench_train.main(["--backend", "torch", "--train", "16", "--test", "8", "--image-size",
+                      "32", "--epochs", "1", "--batch-size", "8",
+                      "--variants", "book-shipped,book,fast,ceiling",
+                      "--work-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    r = _one(tmp_path / "out", "*-torch-cpu.json")
+    runs = {x["variant"]: x for x in r["runs"]["torch"]}
+    assert set(runs) == {"book-shipped", "book", "fast", "ceiling"}
+    assert runs["book"]["speedup_vs_book"] == 1.0
+    assert runs["book-shipped"]["speedup_vs_book_shipped"] == 1.0
+    # the process settings reach the runs: the book-shipped run kept glibc's defaults
+    assert runs["book-shipped"]["config"]["retain_heap"] is False
+    from d2lft import _heap
+    assert runs["book"]["config"]["retain_heap"] is (_heap.why_not() is None)
+    assert runs["fast"]["config"]["pipeline"] == "fast"
+    assert r["versions"]["torch"] and r["machine"]["cpu_count"]
+
+
+def test_heap_faults_tiny(tmp_path):
+    pytest.importorskip("torch")
+    import heap_faults
+    heap_faults.main(["--image-size", "32", "--batch-size", "8", "--steps", "1", "--reps", "1",
+                      "--out", str(tmp_path)])
+    r = _one(tmp_path, "*-heap-torch-cpu-32px.json")
+    from d2lft import _heap
+    assert [x["mode"] for x in r["runs"]] == ["default", "retain"]
+    assert [x["retained"] for x in r["runs"]] == [False, _heap.why_not() is None]
+    assert set(r["retain_over_default"]) == {"train_images_per_sec", "eval_images_per_sec"}
+
+
+def test_cpu_bound_tiny(tmp_path):
+    pytest.importorskip("torch")
+    import cpu_bound
+    r = cpu_bound.main(["--image-size", "32", "--batch-size", "8", "--book-images-per-sec",
+                        "10", "--out", str(tmp_path)])
+    _one(tmp_path, "*-cpu-bound-32px.json")
+    # ResNet-18: 1.82 G multiply-adds forward at 224 px (torchvision's figure), 2 FLOPs
+    # each; about (32/224)^2 of that at 32 px; a training step about 3x the forward
+    assert r["eval_gflop_per_image"] == pytest.approx(2 * 1.82 * (32 / 224) ** 2, rel=0.25)
+    assert 2.5 < r["train_gflop_per_image"] / r["eval_gflop_per_image"] < 3.1
+    assert 0 < r["step_profile"]["conv_share"] <= 1
+    assert r["bound_over_book"] == pytest.approx(r["bound_images_per_sec"] / 10, rel=0.01)
