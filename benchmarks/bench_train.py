@@ -507,15 +507,21 @@ def main(argv=None):
 
     text = markdown(result)
     print("\n" + text)
-    out = pathlib.Path(args.out)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
     dev = "gpu" if args.device.startswith("cuda") else "cpu"
-    base = f"{stamp}-{'-'.join(backends)}-{dev}{('-' + args.tag) if args.tag else ''}"
-    from d2lft._io import atomic_write_text
-    atomic_write_text(out / f"{base}.json", json.dumps(result, indent=2, default=str))
-    atomic_write_text(out / f"{base}.md", text)
-    print(f"wrote {out / (base + '.json')} and .md")
+    write_result(args.out, f"{'-'.join(backends)}-{dev}", args.tag, result, text)
     return result
+
+
+def write_result(out, name, tag, result, text):
+    """``<out>/<UTC stamp>-<name>[-<tag>].json`` and ``.md``, each written atomically
+    (the benchmark scripts' record format)."""
+    from d2lft._io import atomic_write_text
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+    base = pathlib.Path(out) / f"{stamp}-{name}{('-' + tag) if tag else ''}"
+    atomic_write_text(base.with_name(base.name + ".json"),
+                      json.dumps(result, indent=2, default=str))
+    atomic_write_text(base.with_name(base.name + ".md"), text)
+    print(f"wrote {base}.json and .md")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import pathlib
 import shlex
 import sys
@@ -149,13 +148,7 @@ def main(argv=None):
         f"{k} {v}" for k, v in prof["top_ops_seconds_per_step"].items()), ""]
     text = "\n".join(lines)
     print(text)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
-    base = f"{stamp}-cpu-bound-{args.image_size}px" + (f"-{args.tag}" if args.tag else "")
-    from d2lft._io import atomic_write_text
-    out = pathlib.Path(args.out)
-    atomic_write_text(out / f"{base}.json", json.dumps(result, indent=2, default=str))
-    atomic_write_text(out / f"{base}.md", text)
-    print(f"wrote {out / (base + '.json')} and .md")
+    bench_train.write_result(args.out, f"cpu-bound-{args.image_size}px", args.tag, result, text)
     return result
 
 

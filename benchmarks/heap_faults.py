@@ -11,8 +11,9 @@ warm-up steps, then ``--steps`` timed training steps and as many evaluation batc
 ``default`` leaves glibc's malloc as it is; ``retain`` runs inside
 ``d2lft._heap.retain()``, as ``train_fine_tuning`` does. The two alternate for
 ``--reps`` rounds (the VM's speed drifts), and the medians and their ratio are
-reported with minor page faults and system CPU seconds per step
-(``getrusage``). Results go to ``--out`` (default benchmarks/results/) as JSON and
+reported with minor page faults and system CPU seconds per step and the process's
+peak resident memory (``getrusage``): retained blocks stay resident, and a heap that
+reuses freed blocks of changing sizes grows past the live data (fragmentation). Results go to ``--out`` (default benchmarks/results/) as JSON and
 markdown with the machine, versions and command.
 """
 from __future__ import annotations
@@ -103,7 +104,9 @@ def measure(backend, mode, size, batch, steps):
             "eval_images_per_sec": round(batch * steps / (t2 - t1), 2),
             "minflt_per_step": round((r1.ru_minflt - r0.ru_minflt) / steps),
             "sys_s_per_step": round((r1.ru_stime - r0.ru_stime) / steps, 4),
-            "user_s_per_step": round((r1.ru_utime - r0.ru_utime) / steps, 4)}
+            "user_s_per_step": round((r1.ru_utime - r0.ru_utime) / steps, 4),
+            # this fresh process's peak resident memory (Linux reports KiB)
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def _child(args, mode, conn):
@@ -151,7 +154,8 @@ def main(argv=None):
         rs = [r for r in runs if r["mode"] == mode]
         summary[mode] = {k: statistics.median(r[k] for r in rs)
                          for k in ("train_images_per_sec", "eval_images_per_sec",
-                                   "minflt_per_step", "sys_s_per_step", "user_s_per_step")}
+                                   "minflt_per_step", "sys_s_per_step", "user_s_per_step",
+                                   "peak_rss_mb")}
     ratio = {k: round(summary["retain"][k] / summary["default"][k], 3)
              for k in ("train_images_per_sec", "eval_images_per_sec")}
     result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -166,24 +170,19 @@ def main(argv=None):
              f"- medians of {args.reps} alternating rounds, each a fresh process, "
              f"{args.steps} timed steps", "",
              "| malloc | train img/s | eval img/s | minor faults / step | system s / step "
-             "| user s / step |", "|---|---|---|---|---|---|"]
+             "| user s / step | peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for mode in ("default", "retain"):
         m = summary[mode]
         lines.append(f"| {mode} | {m['train_images_per_sec']:.1f} | "
                      f"{m['eval_images_per_sec']:.1f} | {m['minflt_per_step']:,.0f} | "
-                     f"{m['sys_s_per_step']:.3f} | {m['user_s_per_step']:.3f} |")
+                     f"{m['sys_s_per_step']:.3f} | {m['user_s_per_step']:.3f} | "
+                     f"{m['peak_rss_mb']:,.0f} |")
     lines += ["", f"retain / default: training {ratio['train_images_per_sec']}x, "
               f"evaluation {ratio['eval_images_per_sec']}x", ""]
     text = "\n".join(lines)
     print("\n" + text)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
-    base = f"{stamp}-heap-{args.backend}-cpu-{args.image_size}px" + \
-        (f"-{args.tag}" if args.tag else "")
-    from d2lft._io import atomic_write_text
-    out = pathlib.Path(args.out)
-    atomic_write_text(out / f"{base}.json", json.dumps(result, indent=2, default=str))
-    atomic_write_text(out / f"{base}.md", text)
-    print(f"wrote {out / (base + '.json')} and .md")
+    bench_train.write_result(args.out, f"heap-{args.backend}-cpu-{args.image_size}px",
+                             args.tag, result, text)
     return result
 
 

@@ -136,6 +136,9 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
     `pipeline='fast'` the backbone's features are computed once for the test set and
     `feature_passes` times (augmented passes, reused in turn) for the training set.
     The History records `trained_params`, `peak_host_mb` and `peak_device_mb`.
+    During the call freed memory stays in the heap (glibc; `D2LFT_RETAIN_HEAP=0` turns
+    it off, `History.config['retain_heap']` says whether it was on), so the CPU steps do
+    not page-fault their activations in anew; malloc's defaults return afterwards.
     """
     _check_speed_options(pipeline, freeze, precision, feature_passes, deterministic,
                          compile)

@@ -5,21 +5,27 @@ step is a fresh ``malloc``. At batch 128 most of them are megabytes to a hundred
 megabytes, which glibc serves with a fresh ``mmap`` (above its mmap threshold, never
 more than 32 MiB) and gives back with ``munmap`` when the tensor dies; the next step
 faults every page in again and the kernel zeroes it. On the 2-core VM at 112 px that
-is ~130,000 page faults and ~0.3 s of system time per ResNet-18 training step
-(`benchmarks/heap_faults.py`).
+is ~150,000 page faults and ~0.27 s of system time per ResNet-18 training step, and at
+224 px ~1.4 million and ~2.6 s (`benchmarks/heap_faults.py`).
 
 During a training call d2lft sets two of glibc's documented ``mallopt`` parameters:
 ``M_MMAP_MAX = 0`` (large blocks come from the heap, where freed ones are reused) and
 ``M_TRIM_THRESHOLD`` to its maximum (the heap is not shrunk after each step). The
-arithmetic is untouched; the process's peak memory is the same (the run's blocks are
-reused instead of mapped again). When the outermost call ends, glibc's defaults come
-back and ``malloc_trim(0)`` returns the free memory to the system.
+arithmetic is untouched. When the outermost call ends, glibc's defaults come back and
+``malloc_trim(0)`` returns the free memory to the system.
+
+Measured on the 2-core VM (docs/speed.md): the book's torch loop at 224 px, 1 epoch,
+11.8-13.8 -> 19.5-20.7 images/s. The cost is memory: freed blocks stay resident and
+a heap that reuses blocks of changing sizes grows past the live data, so the peak
+resident memory of that run rose from 3.9-4.0 to 6.3-6.6 GB (+13% at 112 px). Where
+memory is tight, ``D2LFT_RETAIN_HEAP=0`` turns it off.
 
 Left alone: other C libraries (musl, macOS, Windows), a preloaded allocator (jemalloc,
 tcmalloc, mimalloc in ``LD_PRELOAD``), a user's own malloc settings
 (``MALLOC_*_`` variables, ``glibc.malloc`` tunables), and ``D2LFT_RETAIN_HEAP=0``.
-Threads other than the one that first allocated in the main arena may still map large
-blocks (glibc gives them their own arenas); training runs in the calling thread.
+Blocks allocated by other threads are unaffected (glibc gives them their own arenas,
+which map large blocks regardless): MXNet's engine threads, for one. torch's training
+steps run in the calling thread.
 """
 from __future__ import annotations
 
