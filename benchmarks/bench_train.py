@@ -25,8 +25,9 @@ the heap during a run, ``d2lft/_heap.py``); ``book-mxnet-threads`` (MXNet only) 
 away the threads alone.
 ``fast-fp32`` and ``ceiling-fp32`` force fp32 (on bf16-capable devices the others use
 bf16); ``fast-pildecode`` decodes the training images with PIL on the host where the
-fast path would decode them on the GPU (torch on CUDA). Results go to ``--out`` (default ``benchmarks/results/``) as JSON and
-markdown with the machine, the library versions and the command line.
+fast path would decode them on the GPU (torch on CUDA). Results go to ``--out``
+(default ``benchmarks/results/``) as JSON and markdown with the machine, the library
+versions and the command line.
 
 Without ``--data-dir`` it writes a synthetic hotdog-shaped JPEG folder (two classes,
 sizes drawn from 200-500 px; ``--train``/``--test`` images in all, split evenly) into
@@ -420,7 +421,8 @@ def markdown(result):
             params = f"{r['trained_params']:,}" if r["trained_params"] is not None else "-"
             lines.append(f"| {r['variant']} | {r['wall_seconds']:.1f} | "
                          f"{r['images_per_sec']:.1f} | {r.get('speedup_vs_book', 'n/a')} | "
-                         f"{r.get('speedup_vs_book_shipped', 'n/a')} | {acc:.3f} | {loss:.3f} | {r['peak_host_mb']} | "
+                         f"{r.get('speedup_vs_book_shipped', 'n/a')} | {acc:.3f} | "
+                         f"{loss:.3f} | {r['peak_host_mb']} | "
                          f"{r['peak_device_mb'] if r['peak_device_mb'] is not None else '-'} | "
                          f"{params} |")
         lines.append("")
@@ -490,14 +492,11 @@ def main(argv=None):
                   f"{r['test_acc'][-1] if r['test_acc'] else float('nan'):.3f}, peak host "
                   f"{r['peak_host_mb']} MB, device {r['peak_device_mb']} MB", flush=True)
         book = next((r for r in runs if r["variant"] == "book"), None)
-        for r in runs:
-            if book is not None:
-                r["speedup_vs_book"] = round(r["images_per_sec"] / book["images_per_sec"], 2)
         shipped = next((r for r in runs if r["variant"] == "book-shipped"), None)
         for r in runs:
-            if shipped is not None:
-                r["speedup_vs_book_shipped"] = round(
-                    r["images_per_sec"] / shipped["images_per_sec"], 2)
+            for key, base in (("speedup_vs_book", book), ("speedup_vs_book_shipped", shipped)):
+                if base is not None:
+                    r[key] = round(r["images_per_sec"] / base["images_per_sec"], 2)
         book_frozen = next((r for r in runs if r["variant"] == "book-freeze"), None)
         fast_frozen = next((r for r in runs if r["variant"] == "fast-freeze"), None)
         if book_frozen and fast_frozen:

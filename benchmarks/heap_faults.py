@@ -13,8 +13,9 @@ warm-up steps, then ``--steps`` timed training steps and as many evaluation batc
 ``--reps`` rounds (the VM's speed drifts), and the medians and their ratio are
 reported with minor page faults and system CPU seconds per step and the process's
 peak resident memory (``getrusage``): retained blocks stay resident, and a heap that
-reuses freed blocks of changing sizes grows past the live data (fragmentation). Results go to ``--out`` (default benchmarks/results/) as JSON and
-markdown with the machine, versions and command.
+reuses freed blocks of changing sizes grows past the live data (fragmentation).
+Results go to ``--out`` (default benchmarks/results/) as JSON and markdown with the
+machine, versions and command.
 """
 from __future__ import annotations
 
