@@ -106,6 +106,15 @@ def file_key(path) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def reduced_size(h, w, max_short):
+    """The stored (h, w) of an (h, w) original: short side reduced to `max_short` when
+    larger (the decode bound), aspect ratio kept."""
+    if not max_short or min(h, w) <= max_short:
+        return h, w
+    f = max_short / min(h, w)
+    return max(1, int(round(h * f))), max(1, int(round(w * f)))
+
+
 def decode_rgb(path, max_short=None):
     """Decode `path` with PIL to an RGB uint8 HxWx3 array, every mode converted as
     both backends' datasets convert it (`d2lft.data.to_rgb`), its short side reduced
@@ -120,12 +129,10 @@ def decode_rgb(path, max_short=None):
     try:
         with Image.open(path) as im:
             ow, oh = im.size
-            target = None
-            if max_short and min(ow, oh) > max_short:
-                f = max_short / min(ow, oh)
-                target = (max(1, int(round(ow * f))), max(1, int(round(oh * f))))
-                if im.format == "JPEG" and min(ow, oh) >= 2 * max_short:
-                    im.draft("RGB", target)  # libjpeg's DCT scaling: >= target, much faster
+            th, tw = reduced_size(oh, ow, max_short)
+            target = (tw, th) if (th, tw) != (oh, ow) else None  # PIL sizes are (w, h)
+            if target is not None and im.format == "JPEG" and min(ow, oh) >= 2 * max_short:
+                im.draft("RGB", target)  # libjpeg's DCT scaling: >= target, much faster
             im.load()
             im = to_rgb(im)
             if target is not None and im.size != target:

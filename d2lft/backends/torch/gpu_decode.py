@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from ...decode_cache import decode_rgb
+from ...decode_cache import decode_rgb, reduced_size
 
 #: JPEGs decoded per `decode_jpeg` call (bounds the device memory of one batch)
 CHUNK = 256
@@ -57,14 +57,6 @@ def _read(path):
     if not ok or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None, None
     return data, (h, w)
-
-
-def target_size(h, w, max_short):
-    """The stored (h, w) for an (h, w) original: as `decode_rgb` computes it."""
-    if not max_short or min(h, w) <= max_short:
-        return h, w
-    f = max_short / min(h, w)
-    return max(1, int(round(h * f))), max(1, int(round(w * f)))
 
 
 def _resize(x, size):
@@ -104,13 +96,13 @@ def decode_batch(paths, max_short=None, device="cuda", workers=8):
             h, w = heads[k][1]
             if img is None or tuple(img.shape) != (3, h, w):
                 continue  # left to the CPU path
-            pieces.append(_resize(img, target_size(h, w, max_short)).reshape(-1))
+            pieces.append(_resize(img, reduced_size(h, w, max_short)).reshape(-1))
             where.append(k)
     if pieces:
         host = torch.cat(pieces).cpu().numpy()  # one device-to-host copy
         o = 0
         for k, p in zip(where, pieces):
-            h, w = target_size(*heads[k][1], max_short)
+            h, w = reduced_size(*heads[k][1], max_short)
             out[k] = (host[o:o + p.numel()].reshape(h, w, 3), heads[k][1])
             o += p.numel()
     rest = [k for k in range(len(paths)) if out[k] is None]
