@@ -12,7 +12,11 @@ During a training call d2lft sets two of glibc's documented ``mallopt`` paramete
 ``M_MMAP_MAX = 0`` (large blocks come from the heap, where freed ones are reused) and
 ``M_TRIM_THRESHOLD`` to its maximum (the heap is not shrunk after each step). The
 arithmetic is untouched. When the outermost call ends, glibc's defaults come back and
-``malloc_trim(0)`` returns the free memory to the system.
+``malloc_trim(0)`` returns the free memory to the system. The heap keeps the address
+range of the run's free blocks (their pages returned): glibc reuses such a free chunk
+for a later large allocation before it maps a new one, and what it reuses stays
+resident until the next trim (tests/test_heap.py measures in fresh processes for this
+reason).
 
 Measured on the 2-core VM (docs/speed.md): the book's torch loop at 224 px, 1 epoch,
 11.8-13.8 -> 19.5-20.7 images/s. The cost is memory: freed blocks stay resident and
