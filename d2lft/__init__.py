@@ -12,8 +12,9 @@ function first needs it.
 """
 from __future__ import annotations
 
-from ._backend import BACKENDS, get_backend, use, using
+from ._backend import BACKENDS, get_backend, seed, use, using
 from ._backend import current as _current, for_net as _for_net
+from ._backend import _seed_framework
 from .data import (BadImageError, DataLayoutError, DownloadError, HOTDOG_SHA1, HOTDOG_URL,
                    download_hotdog, check_image_folder as _check_image_folder,
                    resolve_data_dir as _resolve_data_dir)
@@ -82,18 +83,33 @@ def test_augs(image_size=224):
     return _current().test_augs(image_size)
 
 
-def build_finetune_net(num_classes=2, pretrained=True, arch=None):
+def _seed_build(backend, seed):
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        _seed_framework(backend, seed)
+
+
+def build_finetune_net(num_classes=2, pretrained=True, arch=None, *, seed=None):
     """Pretrained ResNet-18 features and a new Xavier-initialised head with a 10x
     learning-rate multiplier. `pretrained`: True (the framework's ImageNet weights),
     a weights file path, or False. `arch=None` is the chapter's choice for the active
-    backend (MXNet `resnet18_v2`, torch `resnet18`)."""
-    return _current().build_finetune_net(num_classes=num_classes, pretrained=pretrained,
-                                          arch=arch)
+    backend (MXNet `resnet18_v2`, torch `resnet18`). `seed`: seed the framework's
+    generator first, so the new head (and random features) are the same every time
+    (else they come from the generator's state: see :func:`seed`). Every parameter is
+    initialised when this returns (MXNet's deferred initialisation is completed)."""
+    backend = _current()
+    _seed_build(backend, seed)
+    return backend.build_finetune_net(num_classes=num_classes, pretrained=pretrained,
+                                      arch=arch)
 
 
-def build_scratch_net(num_classes=2, arch=None):
-    """The same architecture with random initialisation (the chapter's scratch_net)."""
-    return _current().build_scratch_net(num_classes=num_classes, arch=arch)
+def build_scratch_net(num_classes=2, arch=None, *, seed=None):
+    """The same architecture with random initialisation (the chapter's scratch_net);
+    `seed` as in :func:`build_finetune_net`."""
+    backend = _current()
+    _seed_build(backend, seed)
+    return backend.build_scratch_net(num_classes=num_classes, arch=arch)
 
 
 def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_group=True, *,
@@ -108,7 +124,10 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
     `data_dir`: a folder (or .zip) with `train/<class>/` and `test/<class>/`; default
     the hotdog data (downloaded once). `devices`: default all GPUs, else the CPU.
     `param_group=False` trains every layer at `learning_rate` (the book's scratch run).
-    `seed` makes shuffling, augmentation and initialisation repeatable.
+    `seed` makes shuffling and augmentation repeatable; the initial weights were fixed
+    when the net was built (the builders' `seed=`). To repeat a whole run exactly,
+    either call ``d2lft.seed(n)`` once at the top of the script, or pass `seed=` to the
+    builder and here.
     The two backends scale gradients differently (see :func:`equivalent_sgd`).
     `weight_decay`: default the book's 0.001 (:data:`BOOK_WEIGHT_DECAY`).
     `deterministic=True` feeds both backends the same batches: no augmentation (train
@@ -167,6 +186,7 @@ def train_fine_tuning(net, learning_rate, batch_size=128, num_epochs=5, param_gr
             pipeline=pipeline, freeze=bool(freeze), precision=precision,
             compile=bool(compile), decode_cache=decode_cache, feature_passes=feature_passes)
     history.config["retain_heap"] = retained
+    history.config["val_fraction"] = val_fraction
     return history
 
 
@@ -265,7 +285,7 @@ __all__ = [
     "HOTDOG_SHA1", "HOTDOG_URL", "History", "TrainingDiverged", "build_finetune_net",
     "build_scratch_net", "download_hotdog", "equivalent_lr", "get_backend", "image_folder",
     "load_hotdog", "plot_history", "show_images", "test_augs", "train_augs",
-    "train_fine_tuning", "use", "using",
+    "train_fine_tuning", "use", "using", "seed",
     "equivalent_sgd", "load_params", "read_params", "save_params",
     "Checkpoint", "CheckpointError", "Evaluation", "Prediction", "class_names", "evaluate",
     "init_head_from_source", "load_checkpoint", "lr_sweep", "plot_confusion", "plot_lr_sweep",

@@ -56,7 +56,44 @@ def load(name: str):
     if not framework_installed(name):
         raise ImportError(f"the {name!r} backend needs the {_FRAMEWORK[name]} package, "
                           f"which is not installed: {_EXTRA_HINT[name]}")
-    return importlib.import_module(f"d2lft.backends.{name}")
+    package = importlib.import_module(f"d2lft.backends.{name}")
+    pending = _seeds.pop(name, None)
+    if pending is not None:  # d2lft.seed() was called before this framework was loaded
+        _seed_framework(package, pending)
+    return package
+
+
+# d2lft.seed(): for each backend not loaded yet, the seed to give its framework on load
+_seeds: dict = {}
+
+
+def _seed_framework(package, value: int):
+    importlib.import_module(package.__name__ + ".train").seed_framework(value)
+
+
+def seed(value: int) -> int:
+    """Seed every random generator that building and training draw from: Python's
+    `random`, numpy's global generator, and the frameworks' (torch's and MXNet's: each
+    now if loaded, else when d2lft loads it). `d2lft.seed(n)` at the top of a script
+    makes the whole script repeat exactly: the new head's initialisation, random
+    weights, and every run whose `seed=` is not given (it draws its seed from Python's
+    `random`, and records it in `History.config['seed']`). Returns `value`."""
+    import random
+    import sys
+
+    import numpy as np
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {value!r}")
+    value = int(value)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    for name in BACKENDS:
+        if f"d2lft.backends.{name}" in sys.modules:
+            _seeds.pop(name, None)
+            _seed_framework(sys.modules[f"d2lft.backends.{name}"], value)
+        else:
+            _seeds[name] = value
+    return value
 
 
 def use(name: str) -> str:

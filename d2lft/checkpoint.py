@@ -31,14 +31,13 @@ import warnings
 
 import numpy as np
 
+from .data import MEAN, STD, test_resize
 from .history import History
 
 INFO_KEY = "d2lft_checkpoint"
 HASH_KEY = "d2lft_checkpoint_sha256"
 FILE_NAME = "checkpoint.safetensors"
 CHECKPOINT_VERSION = 1
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
 #: training settings that must match for `resume=` to reproduce an uninterrupted run
 REPRODUCIBILITY_KEYS = ("learning_rate", "batch_size", "param_group", "image_size", "seed",
                         "weight_decay", "loss_reduction")
@@ -128,7 +127,7 @@ def save_checkpoint(net, path, *, epoch=0, history=None, classes=None, image_siz
         "kind": _kind(net), "arch": net_arch(net), "backend": owner, "epoch": int(epoch),
         "classes": list(classes) if classes is not None else None,
         "image_size": int(image_size),
-        "preprocessing": {"mean": MEAN, "std": STD, "test_resize": round(image_size * 256 / 224),
+        "preprocessing": {"mean": MEAN, "std": STD, "test_resize": test_resize(image_size),
                           "test_crop": int(image_size), "train": "RandomResizedCrop + flip"},
         "config": config,
         "optimizer": {"name": "sgd", "momentum": 0.0,

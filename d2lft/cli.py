@@ -89,13 +89,6 @@ def _resolve_data(args):
     return resolve_images(_data_source(args), getattr(args, "val_fraction", None))
 
 
-def _seed_framework(seed):
-    import importlib
-    import d2lft
-    train = importlib.import_module(d2lft._current().__name__ + ".train")
-    train.seed_everything(seed)
-
-
 def _pretrained(text):
     if text is None or text.lower() == "imagenet":
         return True
@@ -129,16 +122,15 @@ def _print_outputs(out):
 
 def _net_for(mode, num_classes, args):
     import d2lft
-    if args.seed is not None:
-        _seed_framework(args.seed)
     if mode == "finetune":
         net = d2lft.build_finetune_net(num_classes=num_classes,
-                                       pretrained=_pretrained(args.pretrained), arch=args.arch)
+                                       pretrained=_pretrained(args.pretrained), arch=args.arch,
+                                       seed=args.seed)
     else:
         if args.pretrained not in (None, "none"):
             raise ValueError("--pretrained is for 'finetune'; 'scratch' starts from random "
                              "weights")
-        net = d2lft.build_scratch_net(num_classes=num_classes, arch=args.arch)
+        net = d2lft.build_scratch_net(num_classes=num_classes, arch=args.arch, seed=args.seed)
     return net
 
 
@@ -250,12 +242,67 @@ def _load(args):
     return d2lft.load_checkpoint(args.checkpoint)
 
 
+def _recorded_val_fraction(net, args):
+    """(val_fraction, where it was found) of the run that `--checkpoint` comes from:
+    the checkpoint's config, else (a run of `d2lft train`, whose checkpoint is written
+    before the History's config is complete) its --out folder's metrics.json: its
+    config's val_fraction, or that of the split folder (split.json) it trained on.
+    (None, '') when the run did not split its data."""
+    from .checkpoint import read_checkpoint
+    ck = getattr(net, "checkpoint", None) or read_checkpoint(args.checkpoint, verify=False)
+    if ck.config.get("val_fraction") is not None:
+        return ck.config["val_fraction"], f"recorded in the checkpoint {ck.path}"
+    metrics = pathlib.Path(ck.path).parent / "metrics.json"
+    try:
+        config = json.loads(metrics.read_text()).get("config") or {}
+        if config.get("val_fraction") is not None:
+            return config["val_fraction"], f"recorded in {metrics}"
+        stamp = pathlib.Path(config["data_dir"]) / "split.json"
+        value = json.loads(stamp.read_text())["val_fraction"]
+        return value, f"of the split {stamp.parent} that training used ({metrics})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, ""
+
+
+def _has_splits(source) -> bool:
+    """Whether `source` (a folder or a .zip) already holds train/ and test/ folders."""
+    import zipfile
+    from .data import DataLayoutError, find_split_root
+    from .split import _class_root, _unzip
+    path = pathlib.Path(source)
+    if path.is_file() and zipfile.is_zipfile(path):
+        path = _unzip(path)
+    if not path.is_dir():
+        return False
+    try:
+        find_split_root(_class_root(path))
+    except DataLayoutError:
+        return False
+    return True
+
+
 def cmd_evaluate(args):
     import d2lft
     from .plot import _pyplot
     net = _load(args)
-    data_dir = _resolve_data(args) if args.val_fraction else _data_source(args)
-    ev = d2lft.evaluate(net, data_dir, split=args.split, batch_size=args.batch_size)
+    data_dir = _data_source(args)
+    split = None if args.split == "all" else args.split
+    val_fraction, origin = args.val_fraction, "--val-fraction"
+    if val_fraction is None and split is not None:
+        # the same held-out images as training, when it split ONE folder of classes
+        recorded, where = _recorded_val_fraction(net, args)
+        if recorded is not None and not _has_splits(data_dir):
+            val_fraction, origin = recorded, where
+    ev = d2lft.evaluate(net, data_dir, split=split, val_fraction=val_fraction,
+                        batch_size=args.batch_size)
+    if split is None:
+        print(f"scored every image of {data_dir} (--split all: training images included)")
+    elif val_fraction is not None:
+        held = " (the images training held out)" if split == "test" else ""
+        print(f"scored the {split!r} split{held} of {data_dir} made with val_fraction "
+              f"{val_fraction:g} ({origin})")
+    else:
+        print(f"scored the {split}/ folder of {data_dir}")
     print(ev)
     mistakes = ev.mistakes()
     if mistakes:
@@ -426,7 +473,12 @@ def build_parser():
     _add_backend(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or --out folder")
     _add_data(p)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", metavar="NAME|all",
+                   help="the subfolder to score (default test: the held-out images); 'all': "
+                        "every image of ONE folder of class subfolders, training images "
+                        "included. For a folder that training split with --val-fraction, "
+                        "the split is made again from the fraction given here or, without "
+                        "--val-fraction, the one recorded with --checkpoint")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--out", default=None, help="folder for evaluation.json, confusion.png "
                    "and predictions.png")

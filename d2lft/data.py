@@ -23,6 +23,8 @@ import warnings
 import zipfile
 import zlib
 
+from ._io import set_default_mode
+
 DATA_HUB = "http://d2l-data.s3-accelerate.amazonaws.com/"
 HOTDOG_URL = DATA_HUB + "hotdog.zip"
 HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
@@ -43,6 +45,17 @@ EXPECTED_LAYOUT = """expected layout:
   <folder>/test/<class_a>/*.jpg
   <folder>/test/<class_b>/*.jpg
 (the hotdog data: hotdog/train/hotdog, hotdog/train/not-hotdog, hotdog/test/...)"""
+
+
+#: ImageNet mean and standard deviation (RGB), the chapter's normalisation
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+
+
+def test_resize(image_size: int) -> int:
+    """The chapter's test-time resize for `image_size` crops: 256 for 224, scaled
+    (``round(image_size * 256 / 224)``); the square image is then center-cropped."""
+    return int(round(image_size * 256 / 224))
 
 
 class DownloadError(OSError):
@@ -164,8 +177,10 @@ def fetch(url: str, sha1: str, root=None, fname=None, progressbar=None) -> pathl
         progressbar = _want_progressbar()
     downloader = _downloader(url, progressbar)  # ValueError for an unsupported address
     stale = ""
+    cached = False
     if target.is_file():
         found = file_sha1(target)
+        cached = found == sha1
         if found != sha1:  # pooch replaces it; say so if that fails
             stale = (f" The file already at {target} had SHA-1 {found}, not {sha1}, so it "
                      f"was not used and has been removed.")
@@ -187,7 +202,10 @@ def fetch(url: str, sha1: str, root=None, fname=None, progressbar=None) -> pathl
                                 f"root=... or ${HOME_ENV}.") from err
         raise DownloadError(f"could not download {url}: {err}.{stale} "
                             f"{_by_hand(url, target, sha1)}") from err
-    return pathlib.Path(path)
+    path = pathlib.Path(path)
+    if not cached:          # pooch's temporary file was 0600: give it open()'s mode
+        set_default_mode(path)
+    return path
 
 
 # --------------------------------------------------------------------------- archives
@@ -233,6 +251,7 @@ def extract_zip(archive, dest, *, marker=None, check=None) -> pathlib.Path:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp",
                                             dir=dest.parent))
         try:
+            set_default_mode(tmp)        # mkdtemp's 0700 -> what os.mkdir would give
             try:
                 zf.extractall(tmp)
             except (zipfile.BadZipFile, EOFError, zlib.error) as err:

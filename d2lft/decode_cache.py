@@ -372,6 +372,12 @@ def stored_boxes(store: ImageStore, idx, top, left, h, w):
     return boxes.astype(np.float64), (sh == oh) & (sw == ow)
 
 
+def run_seed(seed):
+    """`seed`, or for an unseeded run one drawn from numpy's global generator (so that
+    `d2lft.seed()` makes unseeded fast-pipeline runs repeat too)."""
+    return seed if seed is not None else int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+
+
 def epoch_batches(rng, n, batch_size, shuffle=True):
     """Index arrays of one epoch: a permutation split into batches (the last may be
     smaller, as the book's loaders keep it)."""
@@ -381,4 +387,4 @@ def epoch_batches(rng, n, batch_size, shuffle=True):
 
 __all__ = ["ImageStore", "DecodeCache", "decode_rgb", "default_max_short", "file_key",
            "get_cache", "train_store", "sample_resized_crops", "stored_boxes",
-           "epoch_batches"]
+           "epoch_batches", "run_seed"]

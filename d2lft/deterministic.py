@@ -20,12 +20,10 @@ import os
 
 import numpy as np
 
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from .data import MEAN as _MEAN, STD as _STD, test_resize
 
-
-def test_resize(image_size: int) -> int:
-    return int(round(image_size * 256 / 224))
+MEAN = np.array(_MEAN, dtype=np.float32)
+STD = np.array(_STD, dtype=np.float32)
 
 
 def preprocess(path, image_size: int) -> np.ndarray:

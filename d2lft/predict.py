@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, DataLayoutError
+from .data import EXPECTED_LAYOUT, IMAGE_SUFFIXES, DataLayoutError
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -138,18 +139,99 @@ def predict(net, images, *, classes=None, image_size=None, batch_size=32):
     return out
 
 
-def _split_folder(data_dir, split):
-    """The folder of class subfolders to evaluate: `data_dir/split` when `data_dir`
-    holds train/ and test/ (or is a zip of such a folder), else `data_dir` itself."""
-    from .data import check_image_folder, find_split_root, resolve_data_dir
+def _check_split(split):
+    """`split`: the name of one subfolder ('test', 'train', ...) or None."""
+    if split is None:
+        return None
+    if not isinstance(split, str) or not split.strip() or split.strip() in (".", "..") \
+            or any(sep in split for sep in ("/", "\\")):
+        raise ValueError(f"split must name one subfolder of data_dir, e.g. 'test' or 'train', "
+                         f"or be None to score every image of a folder of class subfolders; "
+                         f"got {split!r}")
+    return split
+
+
+def _no_split_error(path, split, found) -> DataLayoutError:
+    return DataLayoutError(
+        f"{path} has no {split}/ folder (found {found}), so there is no held-out {split!r} "
+        f"split to evaluate; scoring the whole folder would count the training images too. "
+        f"If you trained on this folder of class subfolders with val_fraction=F, pass the "
+        f"same val_fraction=F (CLI: --val-fraction F) to score exactly the images that "
+        f"training held out; or pass split=None (CLI: --split all) to score every image "
+        f"of the folder (training images included)")
+
+
+def _split_folder(data_dir, split, val_fraction=None):
+    """The folder of class subfolders to evaluate and, when it is a split made by
+    :func:`d2lft.split_image_folder`, the split folder that holds it (else None).
+
+    - `val_fraction`: the same deterministic split of a folder (or zip) of class
+      subfolders that training made (`resolve_images(data_dir, val_fraction)`), its
+      `split`;
+    - else `data_dir/split` when `data_dir` holds train/ and test/ (or is a zip of such
+      a folder), or at least a `split` subfolder; or `data_dir` itself when it is that
+      split folder (e.g. `hotdog/test` with split='test');
+    - `split=None`: every image of a folder (or zip) of class subfolders.
+    Anything else is refused with a DataLayoutError that says what to pass.
+    """
+    from .data import check_image_folder, find_split_root
+    from .split import _STAMP, _class_root, _unzip, resolve_images
+    if data_dir is None or data_dir == "":
+        raise ValueError(f"data_dir must be a folder or a .zip archive, got {data_dir!r}")
+    split = _check_split(split)
+    if val_fraction is not None:
+        if split is None:
+            raise ValueError("split=None scores every image of data_dir, which val_fraction "
+                             "would not change: drop val_fraction, or pass split='test' for "
+                             "the held-out images (or 'train')")
+        root = resolve_images(data_dir, val_fraction)
+        folder = root / split
+        if not folder.is_dir():
+            raise DataLayoutError(f"the split of {data_dir} made with val_fraction="
+                                  f"{val_fraction} has train/ and test/, not {split}/: pass "
+                                  f"split='test' (the held-out images) or split='train'")
+        return folder, root
     path = pathlib.Path(data_dir).expanduser()
+    if not path.exists():
+        raise DataLayoutError(f"{path} does not exist; pass a folder (or a .zip) with "
+                              f"train/ and test/, or a folder of class subfolders with "
+                              f"val_fraction= or split=None. {EXPECTED_LAYOUT}")
     if path.is_file():
-        return resolve_data_dir(path) / split
+        if path.suffix.lower() != ".zip" and not zipfile.is_zipfile(path):
+            raise DataLayoutError(f"{path} is a file but not a .zip archive; pass a folder or "
+                                  f"a .zip archive. {EXPECTED_LAYOUT}")
+        extracted = _unzip(path)     # extracted once into the cache (as training does)
+        shown, path = f"{path} (extracted to {extracted})", extracted
+    else:
+        shown = path
+    if split is None:
+        try:
+            root = find_split_root(_class_root(path))
+        except DataLayoutError:
+            folder = _class_root(path)
+            check_image_folder(folder)
+            return folder, None
+        raise DataLayoutError(f"{root} has train/ and test/ folders: split=None (CLI: "
+                              f"--split all) is for ONE folder of class subfolders; pass "
+                              f"split='test' or split='train' to score one of them")
     try:
-        return find_split_root(path) / split
-    except DataLayoutError:
-        check_image_folder(path)
-        return path
+        root = find_split_root(path)
+    except DataLayoutError:                  # no train/ and test/: is there a `split`/?
+        if not (path / split).is_dir():
+            if path.name == split:           # the split folder itself, e.g. hotdog/test
+                check_image_folder(path)
+                return path, (path.parent if (path.parent / _STAMP).is_file() else None)
+            raise _no_split_error(shown, split, _found(path)) from None
+        root = path
+    if not (root / split).is_dir():
+        raise DataLayoutError(f"{root} has no {split}/ folder (found {_found(root)}): pass "
+                              f"split='test' or split='train'")
+    return root / split, (root if (root / _STAMP).is_file() else None)
+
+
+def _found(folder) -> str:
+    from .data import _subfolders
+    return ", ".join(s + "/" for s in _subfolders(folder)[:6]) or "no subfolders"
 
 
 @dataclasses.dataclass
@@ -220,19 +302,30 @@ class Evaluation:
         return plot_confusion(self.confusion, self.classes, path=path)
 
 
-def evaluate(net, data_dir, *, split="test", classes=None, image_size=None, batch_size=32):
+def evaluate(net, data_dir, *, split="test", val_fraction=None, classes=None,
+             image_size=None, batch_size=32):
     """Predict every image of an image folder and compare with its class folder.
 
-    `data_dir`: a folder with train/ and test/ (its `split` is used), a zip of one, or
-    a folder of class subfolders. The folder's class names are matched to the net's
-    class names by name (a folder may hold a subset of the net's classes).
+    `data_dir`: a folder with train/ and test/ (its `split` subfolder is scored), a
+    zip of one, or that split folder itself (`hotdog/test`). A folder (or zip) of
+    class subfolders that training split with `val_fraction=F`: pass the same
+    `val_fraction=F` to score that split's `split` (by default the held-out test
+    images, exactly those that training held out); or `split=None` to score every
+    image of it (training images included). Without either, such a folder is refused
+    (DataLayoutError). The folder's class names are matched to the net's class names
+    by name (a folder may hold a subset of the net's classes). `Evaluation.paths`
+    (and mistakes) name your own files, not the links of the split folder in the
+    cache.
     """
     backend = backend_predict(net)
     names = net_classes(net, classes)
     size = net_image_size(net, image_size)
-    folder = _split_folder(data_dir, split)
+    folder, split_root = _split_folder(data_dir, split, val_fraction)
     probs, labels, paths, folder_classes = backend.predict_folder(
         net, folder, image_size=size, batch_size=batch_size)
+    if split_root is not None:
+        from .split import source_paths
+        paths = source_paths(paths, split_root)
     unknown = [c for c in folder_classes if c not in names]
     if unknown and getattr(net, "classes", None) is None and classes is None \
             and len(folder_classes) == len(names):

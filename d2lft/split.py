@@ -8,7 +8,8 @@ random generator seeded by (`seed`, class name), and the first `val_fraction` of
 (at least one, rounded) go to test/. The split is made of links (hard links where the
 file system allows, else symbolic links, else copies) in the cache folder, built in a
 temporary folder and renamed into place, and reused while the files are unchanged.
-`split.json` in it lists which file went where.
+`split.json` in it lists which file went where (its "sources" maps each link,
+`test/<class>/00000-<name>`, to the user's file; see :func:`source_paths`).
 
 Backend-neutral, no framework imported.
 """
@@ -23,6 +24,7 @@ import shutil
 import tempfile
 import zipfile
 
+from ._io import set_default_mode
 from .data import (DataLayoutError, EXPECTED_LAYOUT, cache_dir, check_image_folder,
                    check_splits, extract_zip, file_sha1, find_split_root, list_images)
 
@@ -89,15 +91,16 @@ def split_image_folder(folder, val_fraction=0.2, *, seed=0, root=None) -> pathli
     base.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=base))
     try:
+        set_default_mode(tmp)            # mkdtemp's 0700 -> what os.mkdir would give
         used = {}
         for split in ("train", "test"):
             for c, files in plan[split].items():
                 d = tmp / split / c
                 d.mkdir(parents=True)
                 for i, f in enumerate(files):
-                    target = d / f"{i:05d}-{pathlib.Path(f).name}"
-                    used[_link(f, target)] = True
+                    used[_link(f, tmp / _link_name(split, c, i, f))] = True
         plan["linked_by"] = sorted(used)
+        plan["sources"] = _plan_sources(plan)
         (tmp / _STAMP).write_text(json.dumps(plan, indent=1))
         try:
             os.replace(tmp, dest)
@@ -108,6 +111,55 @@ def split_image_folder(folder, val_fraction=0.2, *, seed=0, root=None) -> pathli
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _link_name(split, cls, i, source) -> str:
+    """The path, relative to the split folder, of the link to the i-th (sorted) file
+    `source` of class `cls` in `split` (posix separators, as split.json records it)."""
+    return f"{split}/{cls}/{i:05d}-{pathlib.PurePath(source).name}"
+
+
+def _plan_sources(plan) -> dict:
+    """{link path relative to the split folder: source file} from a split plan."""
+    return {_link_name(split, c, i, f): f
+            for split in ("train", "test") for c, files in plan.get(split, {}).items()
+            for i, f in enumerate(files)}
+
+
+def split_sources(split_dir) -> dict:
+    """{link path relative to `split_dir` ('test/<class>/00000-x.jpg'): the user's
+    source file} for a split folder made by :func:`split_image_folder`, read from its
+    split.json (its "sources" entry, or recomputed from the plan for split folders made
+    before that entry existed); {} for a folder that is not such a split."""
+    stamp = pathlib.Path(split_dir) / _STAMP
+    try:
+        plan = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(plan, dict):
+        return {}
+    sources = plan.get("sources")
+    if isinstance(sources, dict):
+        return {str(k): str(v) for k, v in sources.items()}
+    return _plan_sources(plan)
+
+
+def source_paths(paths, split_dir) -> list:
+    """`paths` (files under the split folder `split_dir`, e.g. what an image folder of
+    its test/ lists) mapped back to the user's source files; paths that are not links
+    of that split are returned unchanged."""
+    split_dir = pathlib.Path(split_dir)
+    sources = split_sources(split_dir)
+    if not sources:
+        return [os.fspath(p) for p in paths]
+    out = []
+    for p in paths:
+        try:
+            rel = pathlib.Path(p).relative_to(split_dir).as_posix()
+        except ValueError:
+            rel = None
+        out.append(sources.get(rel, os.fspath(p)))
+    return out
 
 
 def _link(src, dst) -> str:
@@ -161,4 +213,5 @@ def class_names(data_dir, val_fraction=None) -> list:
     return check_image_folder(resolve_images(data_dir, val_fraction) / "train")
 
 
-__all__ = ["split_image_folder", "resolve_images", "class_names", "EXPECTED_LAYOUT"]
+__all__ = ["split_image_folder", "resolve_images", "class_names", "split_sources",
+           "source_paths", "EXPECTED_LAYOUT"]

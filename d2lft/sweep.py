@@ -103,11 +103,11 @@ def lr_sweep(learning_rates, *, modes=MODES, data_dir=None, num_epochs=5, batch_
     backend = d2lft.get_backend()
     result = SweepResult()
     for mode, lr in plan:
-        if mode == "finetune":
+        if mode == "finetune":  # each run starts from the same seeded initialisation
             net = d2lft.build_finetune_net(num_classes=num_classes, pretrained=pretrained,
-                                           arch=arch)
+                                           arch=arch, seed=seed)
         else:
-            net = d2lft.build_scratch_net(num_classes=num_classes, arch=arch)
+            net = d2lft.build_scratch_net(num_classes=num_classes, arch=arch, seed=seed)
         t0 = time.perf_counter()
         try:
             h = d2lft.train_fine_tuning(net, lr, batch_size, num_epochs,

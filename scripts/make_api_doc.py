@@ -20,7 +20,7 @@ GROUPS = [
               "class_names", "split_image_folder", "HOTDOG_URL", "HOTDOG_SHA1",
               "DownloadError", "DataLayoutError", "BadImageError"]),
     ("Networks", ["build_finetune_net", "build_scratch_net", "init_head_from_source"]),
-    ("Training", ["train_fine_tuning", "History", "TrainingDiverged", "BOOK_LEARNING_RATES",
+    ("Training", ["train_fine_tuning", "seed", "History", "TrainingDiverged", "BOOK_LEARNING_RATES",
                   "BOOK_WEIGHT_DECAY", "LOSS_REDUCTION", "equivalent_sgd", "equivalent_lr",
                   "lr_sweep"]),
     ("Weights and checkpoints", ["save_params", "load_params", "read_params",

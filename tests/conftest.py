@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated image folders, backend parametrisation, ../shared."""
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 
@@ -30,6 +31,20 @@ def make_image_folder(root, n_train=24, n_test=8, size=(40, 48), classes=("hotdo
                 arr = np.clip(np.array(color) + rng.normal(0, 25, (h, w, 3)), 0, 255)
                 Image.fromarray(arr.astype("uint8")).save(d / f"{i}.{fmt}")
     return root
+
+
+def ks_stat(a, b):
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    grid = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, grid, "right") / len(a)
+                               - np.searchsorted(b, grid, "right") / len(b))))
+
+
+def ks_limit(n, m, alpha=1e-3):
+    """Critical KS value: a correct sampler exceeds it with probability ~alpha."""
+    c = math.sqrt(-0.5 * math.log(alpha / 2))
+    return c * math.sqrt((n + m) / (n * m))
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +83,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads ../shared/data must say so with @pytest.mark.shared (so that
+    `-m "not shared"` deselects every one of them)."""
+    unmarked = [i.nodeid for i in items if "shared_data" in getattr(i, "fixturenames", ())
+                and i.get_closest_marker("shared") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests using shared_data need @pytest.mark.shared: {unmarked}")

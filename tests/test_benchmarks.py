@@ -22,6 +22,7 @@ def _one(out, pattern):
     return json.loads(files[0].read_text())
 
 
+@pytest.mark.slow
 def test_bench_train_tiny(tmp_path):
     pytest.importorskip("torch")
     import bench_train
@@ -42,6 +43,7 @@ def test_bench_train_tiny(tmp_path):
     assert r["versions"]["torch"] and r["machine"]["cpu_count"]
 
 
+@pytest.mark.slow
 def test_heap_faults_tiny(tmp_path):
     pytest.importorskip("torch")
     import heap_faults
@@ -54,6 +56,7 @@ def test_heap_faults_tiny(tmp_path):
     assert set(r["retain_over_default"]) == {"train_images_per_sec", "eval_images_per_sec"}
 
 
+@pytest.mark.slow
 def test_cpu_bound_tiny(tmp_path):
     pytest.importorskip("torch")
     import cpu_bound

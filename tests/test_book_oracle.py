@@ -6,7 +6,9 @@ The book's `train_fine_tuning` lives in the chapter, not in the package: it is
 copied below (only the data and devices are passed in: the book's loaders shuffle
 and augment at random, and `d2l.try_all_gpus()` is empty on a CPU machine, which
 crashes `train_ch13`). `train_ch13` needs at least 5 batches (it plots every
-`num_batches // 5` batches), so the runs below have exactly 5.
+`num_batches // 5` batches); the runs below have 6, the last one smaller (11 training
+images in batches of 2), as the book's loaders keep it: the MXNet tab normalises that
+step by its own size (`trainer.step(labels.shape[0])`).
 """
 from __future__ import annotations
 
@@ -26,13 +28,13 @@ BATCH, SIZE = 2, 64
 
 @pytest.fixture(scope="module")
 def book_data(tmp_path_factory):
-    """5 batches of 2 training images, 4 test images, of uniform noise: distinct
-    images keep BatchNorm's 2-image batch statistics well conditioned."""
+    """11 training images (6 batches of 2, the last of 1), 4 test images, of uniform
+    noise: distinct images keep BatchNorm's small-batch statistics well conditioned."""
     from PIL import Image
     root = tmp_path_factory.mktemp("oracle") / "d"
     rng = np.random.default_rng(3)
-    for split, n in (("train", 5), ("test", 2)):
-        for c in ("hotdog", "not-hotdog"):
+    for split, counts in (("train", (5, 6)), ("test", (2, 2))):
+        for c, n in zip(("hotdog", "not-hotdog"), counts):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(
@@ -52,7 +54,7 @@ class Recorder:
         self.points.append((x, list(y)))
 
     def per_step(self):
-        """The running train loss train_ch13 plots after each batch (5 batches:
+        """The running train loss train_ch13 plots after each batch (6 batches:
         it plots every num_batches // 5 = 1)."""
         return [y[0] for x, y in self.points if y[0] is not None]
 
@@ -126,7 +128,7 @@ def test_torch_tab_matches_the_book(book_data, monkeypatch, capsys):
 
     train_iter, test_iter = fixed_loaders(book_data, BATCH, SIZE, seed=0,
                                           convert=torch.from_numpy)
-    assert len(train_iter) == 5
+    assert len(train_iter) == 6 and [len(y) for _, y in train_iter.batches(0)][-1] == 1
     epochs = 2
     book, printed = _book_run(d2l, monkeypatch, capsys, lambda: train_fine_tuning(
         finetune_net, lr, train_iter, test_iter, epochs), epochs)
@@ -194,7 +196,7 @@ def test_mxnet_tab_matches_the_book(book_data, monkeypatch, capsys):
             d2l.train_ch13(net, train_iter, test_iter, loss, trainer, num_epochs, devices)
 
         train_iter, test_iter = batches(mx.np.array)
-        assert len(train_iter) == 5
+        assert len(train_iter) == 6 and [len(y) for _, y in train_iter.batches(0)][-1] == 1
         book, printed = _book_run(d2l, monkeypatch, capsys, lambda: train_fine_tuning(
             finetune_net, lr, train_iter, test_iter, epochs), epochs)
         theirs = {c: structural[g].data().asnumpy()

@@ -44,6 +44,7 @@ def png_ok(path):
     return data.startswith(PNG) and len(data) > 3000
 
 
+@pytest.mark.slow
 def test_train_predict_evaluate_show_end_to_end(tiny, tmp_path):
     out = tmp_path / "run"
     p = run(["train", "finetune", "--backend", "torch", "--data-dir", tiny, "--epochs", 1,
@@ -75,6 +76,7 @@ def test_train_predict_evaluate_show_end_to_end(tiny, tmp_path):
     p = run(["evaluate", "--checkpoint", out / "checkpoint.safetensors", "--data-dir", tiny,
              "--out", tmp_path / "eval"], tmp_path)
     assert "accuracy" in p.stdout and "true \\ predicted" in p.stdout
+    assert f"scored the test/ folder of {tiny}" in p.stdout
     ev = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert ev["num_images"] == 8 and sum(map(sum, ev["confusion"])) == 8
     assert ev["accuracy"] == pytest.approx(h.test_acc[-1])     # the training's own test acc
@@ -203,3 +205,84 @@ def test_show_from_a_url_checked_by_sha1(tiny, tmp_path, capsys, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _one_folder(root, n=5):
+    """ONE folder of class subfolders (no train/ and test/): root/<class>/<i>.png."""
+    from PIL import Image
+    for c, color in (("red", (220, 40, 40)), ("blue", (40, 40, 220))):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (36, 36), tuple(v + 3 * i for v in color)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_evaluate_uses_the_checkpoints_val_fraction(tmp_path, capsys, monkeypatch):
+    """Bug: `d2lft evaluate --checkpoint RUN --data-dir chairs/` scored every image of a
+    folder that training had split with val_fraction, training images included."""
+    from d2lft.split import resolve_images
+    monkeypatch.setenv("D2LFT_HOME", str(tmp_path / "home"))
+    mine = _one_folder(tmp_path / "chairs")
+    plan = json.loads((resolve_images(mine, 0.4) / "split.json").read_text())
+    held = {f for files in plan["test"].values() for f in files}
+    kept = {f for files in plan["train"].values() for f in files}
+    assert len(held) == 4 and len(kept) == 6
+    with d2lft.using("torch"):
+        net = d2lft.build_finetune_net(pretrained=False)
+        h = d2lft.train_fine_tuning(net, 5e-5, batch_size=4, num_epochs=1, data_dir=mine,
+                                    val_fraction=0.4, image_size=32, seed=0, verbose=False)
+        run_dir = tmp_path / "run"
+        d2lft.save_checkpoint(net, run_dir, epoch=h.epochs, history=h)
+    assert d2lft.read_checkpoint(run_dir).config["val_fraction"] == 0.4
+
+    def evaluate(*extra, out=None):
+        argv = ["evaluate", "--checkpoint", str(run_dir), "--data-dir", str(mine), *extra]
+        if out:
+            argv += ["--out", str(tmp_path / out)]
+        code = cli.main(argv)
+        text = capsys.readouterr()
+        return code, text.out, text.err
+
+    code, out, _ = evaluate(out="ev")
+    assert code == 0
+    assert "'test' split (the images training held out)" in out
+    assert "val_fraction 0.4 (recorded in the checkpoint" in out
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert ev["num_images"] == 4 and sum(map(sum, ev["confusion"])) == 4
+    assert ev["accuracy"] == pytest.approx(h.test_acc[-1])     # training's own test set
+    assert {m["path"] for m in ev["mistakes"]} <= held          # the user's own files
+    assert png_ok(tmp_path / "ev" / "predictions.png")
+    # --val-fraction overrides the recorded one; --split all scores every image
+    code, out, _ = evaluate("--val-fraction", "0.2", out="ev2")
+    assert code == 0 and "val_fraction 0.2 (--val-fraction)" in out
+    assert json.loads((tmp_path / "ev2" / "evaluation.json").read_text())["num_images"] == 2
+    code, out, _ = evaluate("--split", "all", out="ev3")
+    assert code == 0 and "scored every image of" in out
+    assert json.loads((tmp_path / "ev3" / "evaluation.json").read_text())["num_images"] == 10
+    # a checkpoint that records no val_fraction: refused, one line saying what to pass
+    d2lft.save_checkpoint(net, tmp_path / "plain", epoch=1)
+    run_dir = tmp_path / "plain"
+    code, _, err = evaluate()
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "d2lft evaluate: error:" in err and "has no test/ folder" in err
+    assert "--val-fraction" in err and "--split all" in err
+    assert "--split NAME|all" in cli.build_parser()._subparsers._group_actions[0] \
+        .choices["evaluate"].format_help()
+
+
+def test_evaluate_after_train_with_val_fraction(tmp_path, capsys, monkeypatch):
+    """`d2lft train --data-dir ONE_FOLDER --val-fraction F`, then `d2lft evaluate` on the
+    same folder without --val-fraction: the held-out images of the same split."""
+    monkeypatch.setenv("D2LFT_HOME", str(tmp_path / "home"))
+    mine = _one_folder(tmp_path / "chairs")
+    assert cli.main(["train", "--backend", "torch", "--data-dir", str(mine), "--val-fraction",
+                     "0.4", "--epochs", "1", "--image-size", "32", "--batch-size", "4",
+                     "--pretrained", "none", "--seed", "0", "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    h = d2lft.History.from_json(tmp_path / "o" / "metrics.json")
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "o"), "--data-dir", str(mine),
+                     "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "made with val_fraction 0.4" in out and "that training used" in out
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert ev["num_images"] == 4 and ev["accuracy"] == pytest.approx(h.test_acc[-1])

@@ -344,6 +344,7 @@ def test_load_hotdog_end_to_end(server, zips, tmp_path, backend):
     assert server.hits["/hotdog.zip"] == 1
 
 
+@pytest.mark.shared
 def test_real_hotdog_zip_over_loopback(server, shared_data, tmp_path):
     real = shared_data / "hotdog-real.zip"
     url = server.serve("/hotdog.zip", real)

@@ -47,6 +47,11 @@ def test_lr_sweep_table_plot_and_divergence(backend, tiny, tmp_path):
     assert data.startswith(PNG) and len(data) > 5000
     rows = json.loads(res.to_json(tmp_path / "sweep.json"))
     assert rows[1]["test_acc"] is None and rows[0]["test_acc"] == res[0]["test_acc"]
+    # the same seed repeats the sweep exactly: each net is built from it too
+    again = d2lft.lr_sweep([ok_lr], modes=("finetune",), data_dir=tiny, num_epochs=1,
+                           batch_size=4, image_size=32, pretrained=False)
+    assert again[0]["train_loss"] == res[0]["train_loss"]
+    assert again.histories[0].train_loss == res.histories[0].train_loss
 
 
 def test_lr_sweep_arguments(tiny):

@@ -68,13 +68,15 @@ def test_logits_agree_eval_and_train_mode(arch, src, dst, tmp_path):
 # ---------------------------------------------------------------- one SGD step
 
 
-def _one_step(tnet, mnet, X, y, lr_t, wd_t, dtype):
-    """One step of each backend's train_fine_tuning on batch (X, y) in `dtype`."""
+def _one_step(tnet, mnet, X, y, lr_t, wd_t, dtype, batch_size=None):
+    """One step of each backend's train_fine_tuning on batch (X, y) in `dtype`; the
+    runs are told `batch_size` (default len(y)): a larger one makes (X, y) a smaller
+    last batch, as the book's loaders give at the end of an epoch."""
     import mxnet as mx
     import torch
     from d2lft.backends.mxnet import train as mtrain
     from d2lft.backends.torch import train as ttrain
-    B = len(y)
+    B = batch_size or len(y)
     tnet.to(getattr(torch, dtype))
     mnet.cast(dtype)
     ht = ttrain.train_fine_tuning(
@@ -108,6 +110,19 @@ def test_one_sgd_step_agrees_under_equivalent_sgd(arch, src, dst, tmp_path):
     moved, _ = parity.worst_difference(after_m, before)
     assert moved > 1e-3  # the step did change the parameters
     assert ht.train_loss[0] == pytest.approx(hm.train_loss[0], rel=1e-10)
+
+
+def test_a_smaller_last_batch_agrees_under_its_own_size(tmp_path):
+    """A last batch of 3 in a run of batch size 4: the MXNet tab normalises that step
+    by 3 (`trainer.step(labels.shape[0])`), so it equals torch's summed step under
+    equivalent_sgd(batch_size=3), not 4."""
+    X, y = _batch(B=3)
+    tnet, mnet = _pair("resnet18_v1", "torch", "mxnet", tmp_path)
+    lr_t, wd_t = d2lft.equivalent_sgd(LR, WD, batch_size=3, from_backend="mxnet",
+                                      to_backend="torch")
+    _one_step(tnet, mnet, X, y, lr_t, wd_t, "float64", batch_size=4)
+    worst, name = parity.worst_difference(parity.state_arrays(tnet), parity.state_arrays(mnet))
+    assert worst < 1e-5, (worst, name)
 
 
 def test_learning_rate_alone_is_not_equivalent(tmp_path):

@@ -135,7 +135,7 @@ def test_bad_inputs(backend, data, tmp_path):
         (other / c).mkdir(parents=True)
         Image.new("RGB", (20, 20), "green").save(other / c / "x.png")
     with pytest.raises(d2lft.DataLayoutError, match=r"\['green'\].*does not know"):
-        d2lft.evaluate(net, other)
+        d2lft.evaluate(net, other, split=None)          # every image of ONE folder
     with pytest.raises(ValueError, match="image_size must be an integer >= 8"):
         d2lft.predict(net, [bad], image_size=4)
     theirs = "mxnet" if backend == "torch" else "torch"
@@ -148,3 +148,139 @@ def test_unnamed_net_gets_generic_names(backend, data):
     net = d2lft.build_finetune_net(num_classes=3, pretrained=False)
     preds = d2lft.predict(net, [data / "test" / "red" / "0.jpg"], image_size=32)
     assert preds[0].classes == ["class 0", "class 1", "class 2"]
+
+
+# --------------------------------------------------------------------------- own folder
+
+def one_folder(root, n=5):
+    """ONE folder of class subfolders (no train/ and test/): root/<class>/<i>.jpg."""
+    import shutil
+    from conftest import make_image_folder
+    made = make_image_folder(root.parent / (root.name + "-gen"), n_train=n, n_test=0,
+                             size=(36, 36), classes=("red", "blue"))
+    shutil.move(str(made / "train"), str(root))
+    shutil.rmtree(made)
+    return root
+
+
+def split_plan(data, val_fraction):
+    import json
+    from d2lft.split import resolve_images
+    plan = json.loads((resolve_images(data, val_fraction) / "split.json").read_text())
+    held = sorted(f for files in plan["test"].values() for f in files)
+    kept = sorted(f for files in plan["train"].values() for f in files)
+    return held, kept
+
+
+def test_evaluate_with_val_fraction_scores_exactly_the_held_out_images(backend, tmp_path,
+                                                                       monkeypatch):
+    """Bug: evaluate() on the folder that training split with val_fraction scored every
+    image of it, training images included."""
+    import pathlib
+    monkeypatch.setenv("D2LFT_HOME", str(tmp_path / "home"))
+    data = one_folder(tmp_path / "chairs")
+    net = d2lft.build_finetune_net(pretrained=False)
+    h = d2lft.train_fine_tuning(net, LR[backend], batch_size=4, num_epochs=1, data_dir=data,
+                                val_fraction=0.4, image_size=32, seed=0, verbose=False)
+    assert h.config["val_fraction"] == 0.4                      # recorded for evaluate
+    held, kept = split_plan(data, 0.4)
+    assert len(held) == 4 and len(kept) == 6                    # round(5 * 0.4) per class
+    ev = d2lft.evaluate(net, data, val_fraction=0.4)
+    assert len(ev.true) == len(ev.paths) == 4
+    # the user's own files (not the split's 00000-<name> links in the cache), and only
+    # the held-out ones: none of the training files
+    assert sorted(ev.paths) == held and not set(ev.paths) & set(kept)
+    assert all(pathlib.Path(p).parent.parent == data.resolve() for p in ev.paths)
+    assert ev.accuracy == pytest.approx(h.test_acc[-1])         # training's own test set
+    # mistakes, to_dict and the prediction grid name the user's files too
+    flipped = d2lft.evaluate(net, data, val_fraction=0.4, classes=["red", "blue"])
+    mistakes = ev.mistakes() + flipped.mistakes()
+    assert len(mistakes) == 4 and {m[0] for m in mistakes} <= set(held)
+    assert {m["path"] for e in (ev, flipped) for m in e.to_dict()["mistakes"]} \
+        == {m[0] for m in mistakes}
+    fig = flipped.plot_predictions(n=4)
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 4
+    from d2lft.plot import _pyplot
+    _pyplot().close(fig)
+    # split='train' of the same split: the other six files
+    assert sorted(d2lft.evaluate(net, data, val_fraction=0.4, split="train").paths) == kept
+
+
+def test_evaluate_refuses_one_folder_without_a_split(backend, tmp_path, monkeypatch):
+    import zipfile
+    monkeypatch.setenv("D2LFT_HOME", str(tmp_path / "home"))
+    data = one_folder(tmp_path / "chairs")
+    net = d2lft.build_finetune_net(pretrained=False)
+    net.classes = ["blue", "red"]
+    # no test/ folder and no val_fraction: refused, saying what to pass
+    with pytest.raises(d2lft.DataLayoutError) as err:
+        d2lft.evaluate(net, data, image_size=32)
+    msg = str(err.value)
+    assert "has no test/ folder" in msg and "val_fraction=" in msg and "split=None" in msg
+    assert str(data) in msg and "blue/, red/" in msg
+    archive = tmp_path / "chairs.zip"                            # a zip of the folder too
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(data.rglob("*.jpg")):
+            zf.write(p, p.relative_to(tmp_path))
+    with pytest.raises(d2lft.DataLayoutError, match=r"chairs\.zip .*has no test/ folder.*"
+                                                    r"val_fraction=.*split=None"):
+        d2lft.evaluate(net, archive, image_size=32)
+    # split=None: every image, by explicit choice (the user's files)
+    mine = sorted(str(p) for p in data.rglob("*.jpg"))
+    ev = d2lft.evaluate(net, data, split=None, image_size=32)
+    assert len(ev.true) == 10 and sorted(ev.paths) == mine
+    assert len(d2lft.evaluate(net, archive, split=None, image_size=32).true) == 10
+    # ... but not where train/ and test/ exist, nor together with val_fraction
+    from conftest import make_image_folder
+    both = make_image_folder(tmp_path / "both", n_train=2, n_test=2, size=(36, 36),
+                             classes=("red", "blue"))
+    with pytest.raises(d2lft.DataLayoutError, match="has train/ and test/.*split='test'"):
+        d2lft.evaluate(net, both, split=None, image_size=32)
+    assert len(d2lft.evaluate(net, both, image_size=32).true) == 4      # as before
+    assert len(d2lft.evaluate(net, both / "test", image_size=32).true) == 4   # the split itself
+    with pytest.raises(d2lft.DataLayoutError, match="has no val/ folder"):
+        d2lft.evaluate(net, both, split="val", image_size=32)
+    with pytest.raises(ValueError, match="split=None scores every image"):
+        d2lft.evaluate(net, data, split=None, val_fraction=0.4, image_size=32)
+    for bad in (3, "", "../test", "a/b", ["test"]):
+        with pytest.raises(ValueError, match="split must name one subfolder"):
+            d2lft.evaluate(net, both, split=bad, image_size=32)
+    with pytest.raises(ValueError, match="val_fraction must be a number"):
+        d2lft.evaluate(net, data, val_fraction=1.5, image_size=32)
+
+
+def test_split_links_map_back_to_their_source_files(tmp_path):
+    """split.json's "sources" maps every link to the user's file; split folders made
+    before it existed get the same mapping from the plan."""
+    import json
+    import os
+    from d2lft.split import source_paths, split_sources
+    data = one_folder(tmp_path / "chairs", n=4)
+    dest = d2lft.split_image_folder(data, 0.5, root=tmp_path / "cache")
+    links = sorted(p for p in dest.rglob("*.jpg"))
+    assert len(links) == 8
+    sources = split_sources(dest)
+    assert sorted(sources) == sorted(p.relative_to(dest).as_posix() for p in links)
+    for link, src in zip(links, source_paths(links, dest)):
+        assert pathlib_name(src) == link.name.split("-", 1)[1] and os.path.isfile(src)
+        assert pathlib_parent(src) == data.resolve() / link.parent.name
+        assert open(src, "rb").read() == link.read_bytes()
+    stamp = dest / "split.json"
+    plan = json.loads(stamp.read_text())
+    assert plan["sources"] == sources
+    del plan["sources"]                              # a split folder made before
+    stamp.write_text(json.dumps(plan))
+    assert split_sources(dest) == sources
+    other = tmp_path / "elsewhere.jpg"
+    assert source_paths([other], dest) == [str(other)]           # not a link: unchanged
+    assert split_sources(tmp_path) == {}
+
+
+def pathlib_name(p):
+    import pathlib
+    return pathlib.Path(p).name
+
+
+def pathlib_parent(p):
+    import pathlib
+    return pathlib.Path(p).parent

@@ -58,16 +58,71 @@ def seed_framework(backend, seed):
         mx.random.seed(seed)
 
 
-def test_same_seed_same_run(backend, toy_data):
-    runs = []
-    for _ in range(2):
-        seed_framework(backend, 3)
-        net = d2lft.build_scratch_net()
-        runs.append(d2lft.train_fine_tuning(net, LR[backend], batch_size=16, num_epochs=1,
-                                            data_dir=toy_data, image_size=32, seed=5,
-                                            verbose=False))
-    assert runs[0].train_loss == pytest.approx(runs[1].train_loss, rel=1e-5)
-    assert runs[0].test_acc == runs[1].test_acc
+def _params(net):
+    from d2lft import parity
+    return parity.state_arrays(net)
+
+
+def _same_params(a, b):
+    import numpy as np
+    assert a.keys() == b.keys()
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def source_weights(tmp_path_factory):
+    """A weights file standing in for the ImageNet download (pretrained=PATH)."""
+    folder = tmp_path_factory.mktemp("src")
+    paths = {}
+    for name in ("torch", "mxnet"):
+        with d2lft.using(name):
+            paths[name] = d2lft.save_params(d2lft.build_finetune_net(pretrained=False, seed=9),
+                                            folder / f"{name}.safetensors")
+    return paths
+
+
+@pytest.mark.parametrize("pipeline", ["book", "fast"])
+@pytest.mark.parametrize("start", ["pretrained", "random"])
+def test_seed_repeats_a_run_exactly(backend, toy_data, source_weights, pipeline, start):
+    """The two documented ways to repeat a run, through the public API only: the
+    builder's seed= with train_fine_tuning's seed=, or d2lft.seed() at the top; from a
+    weights file (the new head is random) and from random weights. Whatever ran in
+    between (another build) must not matter."""
+    pretrained = source_weights[backend] if start == "pretrained" else False
+    kw = dict(batch_size=16, num_epochs=1, data_dir=toy_data, image_size=32, verbose=False,
+              pipeline=pipeline, precision="fp32")
+
+    def explicit():
+        net = d2lft.build_finetune_net(pretrained=pretrained, seed=3)
+        h = d2lft.train_fine_tuning(net, LR[backend] / 10, seed=5, **kw)
+        return h, _params(net)
+
+    def global_seed():
+        d2lft.seed(4)
+        net = d2lft.build_finetune_net(pretrained=pretrained)
+        h = d2lft.train_fine_tuning(net, LR[backend] / 10, **kw)
+        return h, _params(net)
+
+    for run in (explicit, global_seed):
+        (h1, p1) = run()
+        d2lft.build_scratch_net()  # draws from the generators in between
+        (h2, p2) = run()
+        assert h1.train_loss == h2.train_loss and h1.test_acc == h2.test_acc, run.__name__
+        assert _same_params(p1, p2), run.__name__
+    # and the seed really matters: another builder seed gives another head
+    other = _params(d2lft.build_finetune_net(pretrained=pretrained, seed=8))
+    again = _params(d2lft.build_finetune_net(pretrained=pretrained, seed=3))
+    head = "fc.weight"
+    assert not (other[head] == again[head]).all()
+
+
+def test_seed_arguments():
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        d2lft.seed(-1)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        d2lft.seed("0")
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        d2lft.build_finetune_net(pretrained=False, seed=1.5)
 
 
 def test_param_group_false_ignores_head_multiplier(backend, toy_data):

@@ -226,6 +226,7 @@ def test_gluon_params_file_in_either_backend(backend, arch, tmp_path):
         d2lft.build_finetune_net(pretrained=str(path), arch=other)
 
 
+@pytest.mark.shared
 def test_food100_weights_in_both_backends(shared_data, tmp_path):
     path = shared_data / "food100-resnet18.pth"
     nets = {}

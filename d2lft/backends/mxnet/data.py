@@ -8,10 +8,8 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
-from ...data import list_images, load_rgb
+from ...data import MEAN, STD, list_images, load_rgb, test_resize
 
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
 
 
 class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
@@ -66,10 +64,6 @@ class RandomResizedCrop(transforms.RandomResizedCrop):
 
 def normalize():
     return transforms.Normalize(MEAN, STD)
-
-
-def test_resize(image_size: int) -> int:
-    return int(round(image_size * 256 / 224))
 
 
 def train_augs(image_size: int = 224):

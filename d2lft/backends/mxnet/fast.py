@@ -33,7 +33,7 @@ from mxnet.gluon.data.vision import transforms
 
 from ..._memory import HostPeak
 from ...data import load_rgb
-from ...decode_cache import (_fallback, epoch_batches, get_cache, sample_resized_crops,
+from ...decode_cache import (run_seed as _run_seed, _fallback, epoch_batches, get_cache, sample_resized_crops,
                              train_store)
 from ...history import History
 from ...training import (Reporter, TrainingDiverged, check_finite, check_speed_options,
@@ -146,7 +146,7 @@ class FastData:
 
     def __init__(self, data_dir, image_size, batch_size, seed=None, decode_cache="memory"):
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(_run_seed(seed))
         train_paths, self.train_labels = split_samples(os.path.join(data_dir, "train"))
         test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
         self.train = train_store(train_paths, image_size, decode_cache)

@@ -98,7 +98,16 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
         except ImportError:  # GluonCV missing: d2lft.init_head_from_source asks for names
             pass
     net.arch = arch
+    _finish_init(net)
     return net
+
+
+def _finish_init(net):
+    """Complete Gluon's deferred initialisation now (one forward pass of a blank
+    image, prediction mode), so the initial weights are drawn at build time, from the
+    generator's state then, and every parameter can be read or saved right away."""
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    mx.nd.waitall()
 
 
 def build_scratch_net(num_classes=2, arch=None):
@@ -111,4 +120,5 @@ def build_scratch_net(num_classes=2, arch=None):
     object.__setattr__(net, "source_head", None)
     net.source_classes = None
     net.arch = arch
+    _finish_init(net)
     return net

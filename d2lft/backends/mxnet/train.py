@@ -26,6 +26,11 @@ def all_devices():
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    seed_framework(seed)
+
+
+def seed_framework(seed):
+    """Seed the framework's own global generator (initialisation, its random ops)."""
     mx.random.seed(seed)
 
 

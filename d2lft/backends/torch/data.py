@@ -7,10 +7,8 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from ...data import list_images, load_rgb
+from ...data import MEAN, STD, list_images, load_rgb, test_resize
 
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
@@ -46,10 +44,6 @@ def image_folder(path, transform=None, *, skip_bad=False):
 
 def normalize():
     return transforms.Normalize(MEAN, STD)
-
-
-def test_resize(image_size: int) -> int:
-    return int(round(image_size * 256 / 224))
 
 
 def train_augs(image_size: int = 224):

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..._memory import HostPeak
 from ...data import load_rgb
-from ...decode_cache import (epoch_batches, get_cache, sample_resized_crops, stored_boxes,
+from ...decode_cache import (run_seed as _run_seed, epoch_batches, get_cache, sample_resized_crops, stored_boxes,
                              train_store)
 from ...history import History
 from ...training import (PRECISIONS, Reporter, TrainingDiverged, check_finite,
@@ -102,6 +102,85 @@ def resolve_precision(precision, device) -> str:
 def _autocast(device, precision):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=precision == "bf16")
+
+
+def _all_padding_tap(size, kernel, stride, padding, dilation) -> bool:
+    """True when, along one dimension of `size` input pixels with `stride` > 1, some
+    kernel tap meets only padding at every output position."""
+    if stride <= 1:
+        return False
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    for t in range(kernel):
+        if not any(0 <= o * stride - padding + t * dilation < size for o in range(max(out, 0))):
+            return True
+    return False
+
+
+def bf16_unsafe_convs(net, image_size, device="cpu"):
+    """The convolutions of `net` that must not run in bf16 on the CPU at `image_size`.
+
+    oneDNN's bf16 convolution (PyTorch 2.x on CPUs, AVX512-BF16 and AMX kernels) leaves
+    part of the *weight gradient* unwritten when a kernel tap meets only padding, e.g.
+    a stride-2 3x3 convolution over a 1x1 input (ResNet-18's ``layer4.0.conv1`` at
+    ``image_size <= 16``): those gradient entries are whatever the memory held (seen
+    here: 1e30, inf; on AMX machines NaN), so the run diverges or differs from run to
+    run (`python scripts/bf16_conv_check.py` shows the kernel error). fp32 and bf16 on
+    larger inputs compute them exactly (zero). This finds such layers with one fp32
+    forward pass of a blank image (eval mode, no gradient): every strided convolution
+    with an all-padding tap, a superset of every failing shape measured (stride 1 never
+    failed). Returns ``[(name, module)]``."""
+    seen = {}
+
+    def hook(name):
+        def record(module, args):
+            seen[name] = tuple(args[0].shape[-2:])
+        return record
+
+    convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in convs]
+    was_training = net.training
+    try:
+        net.eval()
+        p = next(net.parameters())
+        with torch.no_grad():
+            channels = convs[0][1].in_channels if convs else 3
+            net(torch.zeros(1, channels, image_size, image_size, device=device,
+                            dtype=p.dtype))
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    unsafe = []
+    for name, m in convs:
+        if name not in seen:
+            continue
+        dims = zip(seen[name], m.kernel_size, m.stride, m.padding, m.dilation)
+        if any(_all_padding_tap(*d) for d in dims):
+            unsafe.append((name, m))
+    return unsafe
+
+
+def _fp32_forward(module, x):
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return type(module).forward(module, x.float())
+
+
+@contextlib.contextmanager
+def bf16_guard(net, image_size, device, precision):
+    """Under bf16 on the CPU, run the convolutions of :func:`bf16_unsafe_convs` in fp32
+    (they see a pixel or two, so this costs nothing); yields their names."""
+    device = torch.device(device)
+    if precision != "bf16" or device.type != "cpu":
+        yield []
+        return
+    unsafe = bf16_unsafe_convs(net, image_size, device)
+    for _, m in unsafe:
+        m.forward = _fp32_forward.__get__(m)
+    try:
+        yield [n for n, _ in unsafe]
+    finally:
+        for _, m in unsafe:
+            del m.forward
 
 
 def _sync(device):
@@ -252,7 +331,7 @@ class FastData:
         self.image_size = image_size
         self.batch_size = batch_size
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(_run_seed(seed))
         train_paths, self.train_labels = split_samples(os.path.join(data_dir, "train"))
         test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
         # the test images are decoded in the background while the training images are
@@ -476,7 +555,10 @@ def train_fast(net, learning_rate, batch_size=128, num_epochs=5, param_group=Tru
             cls = _FastFrozen if freeze else _FastFull
             run = cls(net, learning_rate, param_group, data, devices, precision, compile,
                       weight_decay, param_groups, feature_passes)
-        with (frozen_backbone(net) if freeze else contextlib.nullcontext()):
+        with (frozen_backbone(net) if freeze else contextlib.nullcontext()), \
+                bf16_guard(net, image_size, device, precision) as fp32_layers:
+            if fp32_layers:
+                history.config["bf16_fp32_layers"] = fp32_layers
             for epoch in range(start_epoch, num_epochs):
                 loss_sum, correct, n, test_acc, seconds = run.epoch(epoch)
                 train_time += seconds

@@ -37,6 +37,11 @@ def param_groups(net, learning_rate, param_group=True):
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    seed_framework(seed)
+
+
+def seed_framework(seed):
+    """Seed the framework's own global generator (initialisation, its random ops)."""
     torch.manual_seed(seed)
 
 
