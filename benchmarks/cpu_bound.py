@@ -21,6 +21,7 @@ from bench_train.py on the same machine) it also prints the bound over the book,
 the largest speed-up any fp32 pipeline could show. Results go to ``--out`` as JSON
 and markdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ import bench_train  # noqa: E402  (machine_info, versions; puts the repo on sys.
 
 def gemm_gflops(n=4096, reps=5):
     import torch
+
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = float("inf")
@@ -50,6 +52,7 @@ def flops_per_image(size, batch=8):
     import torch
     import torchvision
     from torch.utils.flop_counter import FlopCounterMode
+
     net = torchvision.models.resnet18(num_classes=2)
     x = torch.randn(batch, 3, size, size)
     with FlopCounterMode(display=False) as fc:
@@ -65,7 +68,9 @@ def step_profile(size, batch, steps=3):
     import torch
     import torchvision
     from torch.profiler import ProfilerActivity, profile
-    from d2lft._heap import retain
+
+    from d2lft._sys.heap import retain
+
     torch.manual_seed(0)
     cl = torch.channels_last
     net = torchvision.models.resnet18(num_classes=2).to(memory_format=cl)
@@ -78,6 +83,7 @@ def step_profile(size, batch, steps=3):
         opt.zero_grad()
         loss(net(x), y).sum().backward()
         opt.step()
+
     with retain():
         for _ in range(2):
             step()
@@ -86,13 +92,24 @@ def step_profile(size, batch, steps=3):
                 step()
     rows = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
     total = sum(rows.values())
-    conv = sum(v for k, v in rows.items()
-               if k in ("aten::convolution_backward", "aten::mkldnn_convolution",
-                        "aten::_convolution", "aten::convolution"))
+    conv = sum(
+        v
+        for k, v in rows.items()
+        if k
+        in (
+            "aten::convolution_backward",
+            "aten::mkldnn_convolution",
+            "aten::_convolution",
+            "aten::convolution",
+        )
+    )
     top = sorted(rows.items(), key=lambda kv: -kv[1])[:8]
-    return {"seconds_per_step": total / steps, "conv_seconds_per_step": conv / steps,
-            "conv_share": conv / total, "top_ops_seconds_per_step":
-            {k: round(v / steps, 4) for k, v in top}}
+    return {
+        "seconds_per_step": total / steps,
+        "conv_seconds_per_step": conv / steps,
+        "conv_share": conv / total,
+        "top_ops_seconds_per_step": {k: round(v / steps, 4) for k, v in top},
+    }
 
 
 def main(argv=None):
@@ -106,6 +123,7 @@ def main(argv=None):
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     import torch
+
     gemm = gemm_gflops()
     f_train, f_eval = flops_per_image(args.image_size)
     prof = step_profile(args.image_size, args.batch_size)
@@ -115,8 +133,10 @@ def main(argv=None):
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
-        "args": vars(args), "machine": bench_train.machine_info("cpu"),
-        "versions": bench_train.versions(["torch"]), "torch_threads": torch.get_num_threads(),
+        "args": vars(args),
+        "machine": bench_train.machine_info("cpu"),
+        "versions": bench_train.versions(["torch"]),
+        "torch_threads": torch.get_num_threads(),
         "gemm_gflops": round(gemm, 1),
         "train_gflop_per_image": round(f_train / 1e9, 3),
         "eval_gflop_per_image": round(f_eval / 1e9, 3),
@@ -127,25 +147,36 @@ def main(argv=None):
     }
     if args.book_images_per_sec:
         result["bound_over_book"] = round(bound / args.book_images_per_sec, 2)
-    lines = [f"# cpu_bound: torch fp32 ResNet-18, {args.image_size} px, batch {args.batch_size}",
-             "", f"- date (UTC): {result['date']}", f"- command: `{result['command']}`",
-             "- machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), "",
-             f"- fp32 GEMM rate, {result['torch_threads']} threads: **{gemm:.0f} GFLOP/s**",
-             f"- arithmetic per image: training {f_train / 1e9:.2f} GFLOP, evaluation "
-             f"{f_eval / 1e9:.2f} GFLOP",
-             f"- one training step (channels_last, batch {args.batch_size}): "
-             f"{prof['seconds_per_step']:.2f} s, of which convolutions "
-             f"{prof['conv_share']:.0%}; the step runs at {result['step_gflops_achieved']} "
-             f"GFLOP/s, its convolutions at {result['conv_gflops_achieved']} GFLOP/s "
-             f"({result['conv_gflops_achieved'] / gemm:.0%} of the GEMM rate)",
-             f"- the chapter's epoch ({args.train} training + {args.test} evaluation images) "
-             f"with every operation at the GEMM rate: **{bound:.1f} images/s**"]
+    lines = [
+        f"# cpu_bound: torch fp32 ResNet-18, {args.image_size} px, batch {args.batch_size}",
+        "",
+        f"- date (UTC): {result['date']}",
+        f"- command: `{result['command']}`",
+        "- machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "",
+        f"- fp32 GEMM rate, {result['torch_threads']} threads: **{gemm:.0f} GFLOP/s**",
+        f"- arithmetic per image: training {f_train / 1e9:.2f} GFLOP, evaluation "
+        f"{f_eval / 1e9:.2f} GFLOP",
+        f"- one training step (channels_last, batch {args.batch_size}): "
+        f"{prof['seconds_per_step']:.2f} s, of which convolutions "
+        f"{prof['conv_share']:.0%}; the step runs at {result['step_gflops_achieved']} "
+        f"GFLOP/s, its convolutions at {result['conv_gflops_achieved']} GFLOP/s "
+        f"({result['conv_gflops_achieved'] / gemm:.0%} of the GEMM rate)",
+        f"- the chapter's epoch ({args.train} training + {args.test} evaluation images) "
+        f"with every operation at the GEMM rate: **{bound:.1f} images/s**",
+    ]
     if args.book_images_per_sec:
-        lines.append(f"- over the book pipeline's {args.book_images_per_sec} images/s: "
-                     f"**{result['bound_over_book']}x** at most, in fp32 on this machine")
-    lines += ["", "top operations, seconds per step: " + ", ".join(
-        f"{k} {v}" for k, v in prof["top_ops_seconds_per_step"].items()), ""]
+        lines.append(
+            f"- over the book pipeline's {args.book_images_per_sec} images/s: "
+            f"**{result['bound_over_book']}x** at most, in fp32 on this machine"
+        )
+    lines += [
+        "",
+        "top operations, seconds per step: "
+        + ", ".join(f"{k} {v}" for k, v in prof["top_ops_seconds_per_step"].items()),
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     bench_train.write_result(args.out, f"cpu-bound-{args.image_size}px", args.tag, result, text)

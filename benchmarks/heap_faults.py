@@ -9,7 +9,7 @@ one pre-made batch, as the pipelines run it (torch: the fast path's fp32 channel
 step, SGD, the book's summed loss; MXNet: the book's ``hybridize()`` step), two untimed
 warm-up steps, then ``--steps`` timed training steps and as many evaluation batches.
 ``default`` leaves glibc's malloc as it is; ``retain`` runs inside
-``d2lft._heap.retain()``, as ``train_fine_tuning`` does. The two alternate for
+``d2lft._sys.heap.retain()``, as ``train_fine_tuning`` does. The two alternate for
 ``--reps`` rounds (the VM's speed drifts), and the medians and their ratio are
 reported with minor page faults and system CPU seconds per step and the process's
 peak resident memory (``getrusage``): retained blocks stay resident, and a heap that
@@ -17,6 +17,7 @@ reuses freed blocks of changing sizes grows past the live data (fragmentation).
 Results go to ``--out`` (default benchmarks/results/) as JSON and markdown with the
 machine, versions and command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ import bench_train  # noqa: E402  (machine_info, versions; puts the repo on sys.
 def _torch_step(size, batch):
     import torch
     import torchvision
+
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=2).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, weight_decay=1e-3)
@@ -53,13 +55,16 @@ def _torch_step(size, batch):
         net.eval()
         with torch.no_grad():
             net(x).argmax(1)
+
     return train, evaluate
 
 
 def _mxnet_step(size, batch):
     from d2lft.backends.mxnet._compat import import_mxnet
+
     mx = import_mxnet()
     from mxnet import autograd, gluon
+
     mx.random.seed(0)
     net = gluon.model_zoo.vision.resnet18_v1(classes=2)
     net.initialize(mx.init.Xavier())
@@ -78,6 +83,7 @@ def _mxnet_step(size, batch):
 
     def evaluate():
         net(x).argmax(axis=1).wait_to_read()
+
     return train, evaluate
 
 
@@ -85,9 +91,11 @@ def measure(backend, mode, size, batch, steps):
     """One process's figures (called in a fresh process)."""
     import contextlib
     import resource
-    from d2lft._heap import retain
+
+    from d2lft._sys.heap import retain
+
     train, evaluate = (_torch_step if backend == "torch" else _mxnet_step)(size, batch)
-    with (retain() if mode == "retain" else contextlib.nullcontext(False)) as on:
+    with retain() if mode == "retain" else contextlib.nullcontext(False) as on:
         for _ in range(2):
             train()
             evaluate()
@@ -100,26 +108,31 @@ def measure(backend, mode, size, batch, steps):
         for _ in range(steps):
             evaluate()
         t2 = time.perf_counter()
-    return {"mode": mode, "retained": bool(on),
-            "train_images_per_sec": round(batch * steps / (t1 - t0), 2),
-            "eval_images_per_sec": round(batch * steps / (t2 - t1), 2),
-            "minflt_per_step": round((r1.ru_minflt - r0.ru_minflt) / steps),
-            "sys_s_per_step": round((r1.ru_stime - r0.ru_stime) / steps, 4),
-            "user_s_per_step": round((r1.ru_utime - r0.ru_utime) / steps, 4),
-            # this fresh process's peak resident memory (Linux reports KiB)
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {
+        "mode": mode,
+        "retained": bool(on),
+        "train_images_per_sec": round(batch * steps / (t1 - t0), 2),
+        "eval_images_per_sec": round(batch * steps / (t2 - t1), 2),
+        "minflt_per_step": round((r1.ru_minflt - r0.ru_minflt) / steps),
+        "sys_s_per_step": round((r1.ru_stime - r0.ru_stime) / steps, 4),
+        "user_s_per_step": round((r1.ru_utime - r0.ru_utime) / steps, 4),
+        # this fresh process's peak resident memory (Linux reports KiB)
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def _child(args, mode, conn):
     try:
-        conn.send(("ok", measure(args.backend, mode, args.image_size, args.batch_size,
-                                 args.steps)))
+        conn.send(
+            ("ok", measure(args.backend, mode, args.image_size, args.batch_size, args.steps))
+        )
     except BaseException as err:  # reported by the parent
         conn.send(("error", f"{type(err).__name__}: {err}"))
 
 
 def run_isolated(args, mode):
     import multiprocessing
+
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(args, mode, child))
@@ -153,37 +166,64 @@ def main(argv=None):
     summary = {}
     for mode in ("default", "retain"):
         rs = [r for r in runs if r["mode"] == mode]
-        summary[mode] = {k: statistics.median(r[k] for r in rs)
-                         for k in ("train_images_per_sec", "eval_images_per_sec",
-                                   "minflt_per_step", "sys_s_per_step", "user_s_per_step",
-                                   "peak_rss_mb")}
-    ratio = {k: round(summary["retain"][k] / summary["default"][k], 3)
-             for k in ("train_images_per_sec", "eval_images_per_sec")}
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-              "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
-              "args": vars(args), "machine": bench_train.machine_info("cpu"),
-              "versions": bench_train.versions([args.backend]), "runs": runs,
-              "median": summary, "retain_over_default": ratio}
-    lines = [f"# heap_faults: {args.backend}, {args.image_size} px, batch {args.batch_size}", "",
-             f"- date (UTC): {result['date']}", f"- command: `{result['command']}`",
-             "- machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
-             f"- medians of {args.reps} alternating rounds, each a fresh process, "
-             f"{args.steps} timed steps", "",
-             "| malloc | train img/s | eval img/s | minor faults / step | system s / step "
-             "| user s / step | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+        summary[mode] = {
+            k: statistics.median(r[k] for r in rs)
+            for k in (
+                "train_images_per_sec",
+                "eval_images_per_sec",
+                "minflt_per_step",
+                "sys_s_per_step",
+                "user_s_per_step",
+                "peak_rss_mb",
+            )
+        }
+    ratio = {
+        k: round(summary["retain"][k] / summary["default"][k], 3)
+        for k in ("train_images_per_sec", "eval_images_per_sec")
+    }
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+        "args": vars(args),
+        "machine": bench_train.machine_info("cpu"),
+        "versions": bench_train.versions([args.backend]),
+        "runs": runs,
+        "median": summary,
+        "retain_over_default": ratio,
+    }
+    lines = [
+        f"# heap_faults: {args.backend}, {args.image_size} px, batch {args.batch_size}",
+        "",
+        f"- date (UTC): {result['date']}",
+        f"- command: `{result['command']}`",
+        "- machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        f"- medians of {args.reps} alternating rounds, each a fresh process, "
+        f"{args.steps} timed steps",
+        "",
+        "| malloc | train img/s | eval img/s | minor faults / step | system s / step "
+        "| user s / step | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for mode in ("default", "retain"):
         m = summary[mode]
-        lines.append(f"| {mode} | {m['train_images_per_sec']:.1f} | "
-                     f"{m['eval_images_per_sec']:.1f} | {m['minflt_per_step']:,.0f} | "
-                     f"{m['sys_s_per_step']:.3f} | {m['user_s_per_step']:.3f} | "
-                     f"{m['peak_rss_mb']:,.0f} |")
-    lines += ["", f"retain / default: training {ratio['train_images_per_sec']}x, "
-              f"evaluation {ratio['eval_images_per_sec']}x", ""]
+        lines.append(
+            f"| {mode} | {m['train_images_per_sec']:.1f} | "
+            f"{m['eval_images_per_sec']:.1f} | {m['minflt_per_step']:,.0f} | "
+            f"{m['sys_s_per_step']:.3f} | {m['user_s_per_step']:.3f} | "
+            f"{m['peak_rss_mb']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"retain / default: training {ratio['train_images_per_sec']}x, "
+        f"evaluation {ratio['eval_images_per_sec']}x",
+        "",
+    ]
     text = "\n".join(lines)
     print("\n" + text)
-    bench_train.write_result(args.out, f"heap-{args.backend}-cpu-{args.image_size}px",
-                             args.tag, result, text)
+    bench_train.write_result(
+        args.out, f"heap-{args.backend}-cpu-{args.image_size}px", args.tag, result, text
+    )
     return result
 
 

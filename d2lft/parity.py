@@ -1,16 +1,15 @@
 """Measuring how closely the two engines agree (used by tests, examples/compare_backends.py
-and docs/parity.md). Backend-neutral: frameworks are reached through the backends'
-`weights` modules.
+and docs/parity.md). Backend-neutral: frameworks are reached through the backends' packages.
 
 Relative difference of two arrays `a`, `b` (one tensor): ``max|a - b| / max|b|``.
 """
-from __future__ import annotations
 
-import importlib
+from __future__ import annotations
 
 import numpy as np
 
-from . import _backend
+from .backends import _registry
+from .io.weights import canonical_arch, canonical_names
 
 #: BatchNorm statistics: not trained, and updated differently by the two engines
 #: (see docs/parity.md), so :func:`worst_difference` leaves them out by default.
@@ -18,19 +17,19 @@ STAT_SUFFIXES = ("running_mean", "running_var")
 
 
 def backend_weights(name):
-    _backend.load(name)
-    return importlib.import_module(f"d2lft.backends.{name}.weights")
+    """The backend package `name` (it reads and writes canonical arrays)."""
+    return _registry.load(name)
 
 
 def state_arrays(net) -> dict:
     """{canonical name: numpy array} of `net` (either backend)."""
-    return backend_weights(_backend.backend_of(net)).state_arrays(net)
+    return _registry.package_of(net).state_arrays(net)
 
 
 def logits(net, X, train=False) -> np.ndarray:
     """`net`'s output for numpy batch `X`, in training (batch statistics) or
     evaluation mode, whichever backend built it."""
-    return backend_weights(_backend.backend_of(net)).logits(net, X, train=train)
+    return _registry.package_of(net).logits(net, X, train=train)
 
 
 def relative_difference(a, b) -> float:
@@ -52,8 +51,11 @@ def differences(a: dict, b: dict) -> dict:
 def worst_difference(a: dict, b: dict, *, stats=False, skip=()) -> tuple:
     """`(relative difference, name)` of the worst tensor. BatchNorm running
     statistics are left out unless `stats`; names starting with any of `skip` too."""
-    diffs = {k: v for k, v in differences(a, b).items()
-             if (stats or not k.endswith(STAT_SUFFIXES)) and not k.startswith(tuple(skip))}
+    diffs = {
+        k: v
+        for k, v in differences(a, b).items()
+        if (stats or not k.endswith(STAT_SUFFIXES)) and not k.startswith(tuple(skip))
+    }
     name = max(diffs, key=diffs.get)
     return diffs[name], name
 
@@ -84,16 +86,15 @@ def pretrained_like(arrays: dict, seed=0) -> dict:
 def bn_elements(arch, image_size, batch_size) -> dict:
     """{BatchNorm layer (canonical prefix): values per channel in one batch}, the `n`
     of the unbiased-variance factor n/(n-1), for square inputs of `image_size`."""
-    from .weights import canonical_arch, canonical_names
     arch = canonical_arch(arch)
 
     def conv(s, k, st, p):
         return (s + 2 * p - k) // st + 1
 
-    s1 = conv(image_size, 7, 2, 3)          # conv1
-    s = [conv(s1, 3, 2, 1)]                  # maxpool -> layer1
+    s1 = conv(image_size, 7, 2, 3)  # conv1
+    s = [conv(s1, 3, 2, 1)]  # maxpool -> layer1
     for _ in range(3):
-        s.append(conv(s[-1], 3, 2, 1))       # layer2..4 (stride 2)
+        s.append(conv(s[-1], 3, 2, 1))  # layer2..4 (stride 2)
     out = {}
     for name in canonical_names(arch):
         if not name.endswith(".running_var"):

@@ -1,5 +1,6 @@
 """The chapter's experiment (fine-tune, then scratch, then the comparison) for one
 backend; shared by finetune_mxnet.py and finetune_torch.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,18 @@ import d2lft
 def parse_args(backend, argv=None):
     lrs = d2lft.BOOK_LEARNING_RATES[backend]
     p = argparse.ArgumentParser(description=f"The d2l Fine-Tuning chapter, {backend} tab.")
-    p.add_argument("--data-dir", help="folder (or .zip) with train/<class>/ and test/<class>/; "
-                   "default: download d2l's hotdog.zip once into the cache")
+    p.add_argument(
+        "--data-dir",
+        help="folder (or .zip) with train/<class>/ and test/<class>/; "
+        "default: download d2l's hotdog.zip once into the cache",
+    )
     p.add_argument("--data-url", help="mirror URL of hotdog.zip (default d2l's data hub)")
     p.add_argument("--data-sha1", help="SHA-1 of the file at --data-url")
-    p.add_argument("--pretrained", default="imagenet",
-                   help="'imagenet' (the framework's model-zoo weights), a weights file, or 'none'")
+    p.add_argument(
+        "--pretrained",
+        default="imagenet",
+        help="'imagenet' (the framework's model-zoo weights), a weights file, or 'none'",
+    )
     p.add_argument("--arch", default=None, help="default: the chapter's choice for the backend")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=5)
@@ -37,29 +44,40 @@ def main(backend, argv=None):
     else:
         data_dir = d2lft.download_hotdog(url=args.data_url, sha1=args.data_sha1)
     pretrained = {"imagenet": True, "none": False}.get(args.pretrained, args.pretrained)
-    common = dict(batch_size=args.batch_size, num_epochs=args.epochs, data_dir=data_dir,
-                  image_size=args.image_size, seed=args.seed)
+    common = dict(
+        batch_size=args.batch_size,
+        num_epochs=args.epochs,
+        data_dir=data_dir,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
 
     print(f"== {backend}: fine-tuning (lr {args.lr}) ==")
-    finetune_net = d2lft.build_finetune_net(pretrained=pretrained, arch=args.arch)
+    finetune_net = d2lft.build_finetune_net(pretrained=pretrained, arch=args.arch, seed=args.seed)
     runs = {"finetune": d2lft.train_fine_tuning(finetune_net, args.lr, **common)}
     if not args.skip_scratch:
         print(f"== {backend}: training from scratch (lr {args.scratch_lr}) ==")
-        scratch_net = d2lft.build_scratch_net(arch=args.arch)
-        runs["scratch"] = d2lft.train_fine_tuning(scratch_net, args.scratch_lr,
-                                                  param_group=False, **common)
+        scratch_net = d2lft.build_scratch_net(arch=args.arch, seed=args.seed)
+        runs["scratch"] = d2lft.train_fine_tuning(
+            scratch_net, args.scratch_lr, param_group=False, **common
+        )
     print(f"== {backend}: comparison ==")
     print(f"{'run':<9} {'loss':>6} {'train acc':>9} {'test acc':>8} {'examples/sec':>12}")
     for name, h in runs.items():
-        print(f"{name:<9} {h.train_loss[-1]:>6.3f} {h.train_acc[-1]:>9.3f} "
-              f"{h.test_acc[-1]:>8.3f} {h.examples_per_sec:>12.1f}")
+        print(
+            f"{name:<9} {h.train_loss[-1]:>6.3f} {h.train_acc[-1]:>9.3f} "
+            f"{h.test_acc[-1]:>8.3f} {h.examples_per_sec:>12.1f}"
+        )
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for name, h in runs.items():
             h.to_json(out / f"{backend}-{name}.json")
-        d2lft.plot_history(list(runs.values()), out / f"{backend}-curves.png",
-                           labels=[f"{backend} {n}" for n in runs])
+        d2lft.plot_history(
+            list(runs.values()),
+            out / f"{backend}-curves.png",
+            labels=[f"{backend} {n}" for n in runs],
+        )
         print(f"wrote {out}")
     return runs
 

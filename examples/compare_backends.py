@@ -11,7 +11,7 @@ backend, moved to the other with d2lft.save_params / load_params):
   d2lft.equivalent_sgd's lr/B and wd*B): worst relative parameter difference
   (max|a-b| / max|b| per tensor), in float32 and in float64, and how far each
   engine's own float32 step is from its float64 step (its rounding);
-* a deterministic run (train_fine_tuning(deterministic=True)) of N steps: the worst
+* a deterministic run (train_fine_tuning(pipeline=FixedBatches())) of N steps: the worst
   trainable-parameter difference, the worst BatchNorm running-variance difference,
   the eval-mode logit difference afterwards, and each backend's loss / train acc /
   test acc.
@@ -22,6 +22,7 @@ when it is there (or `--pretrained PATH`), otherwise from random features with
 trained-looking BatchNorm tensors (d2lft.parity.pretrained_like); resnet18_v2 always
 from the latter (there are no offline v2 weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ import numpy as np
 
 import d2lft
 from d2lft import parity
-from d2lft.deterministic import fixed_loaders
+from d2lft.data.fixed import fixed_loaders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOOD100 = REPO.parent / "shared" / "data" / "food100-resnet18.pth"
@@ -46,6 +47,7 @@ def make_data(root, n_train, n_test, size, seed=0):
     """Two classes of noisy images (class colour + uniform noise): learnable, and
     distinct enough that BatchNorm's batch statistics are well conditioned."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     colors = {"hotdog": (200, 60, 60), "not-hotdog": (60, 60, 200)}
     for split, n in (("train", n_train), ("test", n_test)):
@@ -63,6 +65,7 @@ def build(backend, arch, pretrained=False):
         net = d2lft.build_finetune_net(pretrained=pretrained, arch=arch)
     if backend == "mxnet":
         import mxnet as mx
+
         net(mx.nd.zeros((1, 3, 32, 32)))  # Gluon infers its remaining shapes
     return net
 
@@ -71,6 +74,7 @@ def source_weights(arch, src, path, pretrained, seed):
     """Build the source network in `src` and save it to `path`."""
     if src == "torch":
         import torch
+
         torch.manual_seed(seed)
     if arch == "resnet18_v1" and pretrained:
         net = build(src, arch, pretrained=str(pretrained))
@@ -84,6 +88,7 @@ def source_weights(arch, src, path, pretrained, seed):
 def pair(arch, path, dtype="float32"):
     """(torch net, mxnet net) both loaded from `path`, in `dtype`."""
     import torch
+
     tnet, mnet = build("torch", arch), build("mxnet", arch)
     d2lft.load_params(tnet, path)
     d2lft.load_params(mnet, path)
@@ -95,38 +100,56 @@ def pair(arch, path, dtype="float32"):
 def one_step(arch, path, batch, dtype):
     import mxnet as mx
     import torch
-    from d2lft.backends.mxnet import train as mtrain
-    from d2lft.backends.torch import train as ttrain
+
     X, y = batch
     B = len(y)
-    lr_t, wd_t = d2lft.equivalent_sgd(LR, WD, batch_size=B, from_backend="mxnet",
-                                      to_backend="torch")
+    lr_t, wd_t = d2lft.equivalent_sgd(
+        LR, WD, batch_size=B, from_backend="mxnet", to_backend="torch"
+    )
     tnet, mnet = pair(arch, path, dtype)
-    ttrain.train_fine_tuning(tnet, lr_t, B, 1, data_dir=None, verbose=False, test_iter=[],
-                             weight_decay=wd_t, train_iter=[(torch.from_numpy(X.astype(dtype)),
-                                                             torch.from_numpy(y))])
-    mtrain.train_fine_tuning(mnet, LR, B, 1, data_dir=None, verbose=False, test_iter=[],
-                             weight_decay=WD, train_iter=[(mx.nd.array(X, dtype=dtype),
-                                                           mx.nd.array(y, dtype=dtype))])
+    with d2lft.using("torch"):
+        d2lft.train_on_batches(
+            tnet,
+            lr_t,
+            [(torch.from_numpy(X.astype(dtype)), torch.from_numpy(y))],
+            batch_size=B,
+            run=d2lft.RunSpec(verbose=False, weight_decay=wd_t),
+        )
+    with d2lft.using("mxnet"):
+        d2lft.train_on_batches(
+            mnet,
+            LR,
+            [(mx.nd.array(X, dtype=dtype), mx.nd.array(y, dtype=dtype))],
+            batch_size=B,
+            run=d2lft.RunSpec(verbose=False, weight_decay=WD),
+        )
     return parity.state_arrays(tnet), parity.state_arrays(mnet)
 
 
 def deterministic_run(arch, path, data, args, batch):
     B = args.batch_size
-    lr_t, wd_t = d2lft.equivalent_sgd(LR, WD, batch_size=B, from_backend="mxnet",
-                                      to_backend="torch")
+    lr_t, wd_t = d2lft.equivalent_sgd(
+        LR, WD, batch_size=B, from_backend="mxnet", to_backend="torch"
+    )
     tnet, mnet = pair(arch, path)
-    kw = dict(data_dir=data, image_size=args.image_size, deterministic=True, verbose=False)
+    kw = dict(data_dir=data, image_size=args.image_size, pipeline=d2lft.FixedBatches())
     with d2lft.using("torch"):
-        ht = d2lft.train_fine_tuning(tnet, lr_t, B, args.epochs, weight_decay=wd_t, **kw)
+        ht = d2lft.train_fine_tuning(
+            tnet, lr_t, B, args.epochs, **kw, run=d2lft.RunSpec(verbose=False, weight_decay=wd_t)
+        )
     with d2lft.using("mxnet"):
-        hm = d2lft.train_fine_tuning(mnet, LR, B, args.epochs, **kw)
+        hm = d2lft.train_fine_tuning(
+            mnet, LR, B, args.epochs, **kw, run=d2lft.RunSpec(verbose=False)
+        )
     at, am = parity.state_arrays(tnet), parity.state_arrays(mnet)
     params = parity.worst_difference(at, am)[0]
     # bn_data (v2's input BatchNorm) is left out: Gluon never updates its statistics
     # on the CPU (docs/parity.md), torch does, so it would hide the variance convention
-    rv = max(parity.relative_difference(at[k], am[k]) for k in at
-             if k.endswith("running_var") and not k.startswith("bn_data."))
+    rv = max(
+        parity.relative_difference(at[k], am[k])
+        for k in at
+        if k.endswith("running_var") and not k.startswith("bn_data.")
+    )
     X = batch[0]
     eval_logits = np.abs(parity.logits(tnet, X) - parity.logits(mnet, X)).max()
     return params, rv, eval_logits, hm, ht
@@ -136,30 +159,43 @@ def main(argv=None):
     global LR
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", help="hotdog-layout folder or .zip (default: generated)")
-    ap.add_argument("--pretrained", help="torchvision resnet18 state_dict for resnet18_v1 "
-                    "(default: ../shared/data/food100-resnet18.pth when present)")
+    ap.add_argument(
+        "--pretrained",
+        help="torchvision resnet18 state_dict for resnet18_v1 "
+        "(default: ../shared/data/food100-resnet18.pth when present)",
+    )
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-per-class", type=int, default=16)
     ap.add_argument("--archs", default="resnet18_v1,resnet18_v2")
-    ap.add_argument("--lr", type=float, default=LR, help="MXNet learning rate (torch gets "
-                    "the equivalent); default the chapter's 0.01")
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=LR,
+        help="MXNet learning rate (torch gets the equivalent); default the chapter's 0.01",
+    )
     args = ap.parse_args(argv)
     LR = args.lr
     pretrained = args.pretrained or (FOOD100 if FOOD100.is_file() else None)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
-            from d2lft.data import resolve_data_dir
+            from d2lft.data.hub import resolve_data_dir
+
             data = resolve_data_dir(args.data)
             source = str(args.data)
         else:
-            data = make_data(os.path.join(tmp, "data"), args.train_per_class,
-                             max(args.train_per_class // 2, 1),
-                             (args.image_size + 8, args.image_size + 16))
-            source = (f"generated: 2 classes x {args.train_per_class} train / "
-                      f"{max(args.train_per_class // 2, 1)} test noisy images")
+            data = make_data(
+                os.path.join(tmp, "data"),
+                args.train_per_class,
+                max(args.train_per_class // 2, 1),
+                (args.image_size + 8, args.image_size + 16),
+            )
+            source = (
+                f"generated: 2 classes x {args.train_per_class} train / "
+                f"{max(args.train_per_class // 2, 1)} test noisy images"
+            )
         train_iter, _ = fixed_loaders(data, args.batch_size, args.image_size, seed=0)
         steps = len(train_iter) * args.epochs
         batch = next(iter(train_iter.batches(0)))
@@ -170,39 +206,64 @@ def main(argv=None):
                 source_weights(arch, src, path, pretrained, seed=len(rows))
                 tnet, mnet = pair(arch, path)
                 X = batch[0]
-                lg = [np.abs(parity.logits(tnet, X, t) - parity.logits(mnet, X, t)).max()
-                      for t in (False, True)]
+                lg = [
+                    np.abs(parity.logits(tnet, X, t) - parity.logits(mnet, X, t)).max()
+                    for t in (False, True)
+                ]
                 t32, m32 = one_step(arch, path, batch, "float32")
                 t64, m64 = one_step(arch, path, batch, "float64")
-                s32, s64 = (parity.worst_difference(t, m)[0] for t, m in ((t32, m32),
-                                                                            (t64, m64)))
-                e_t, e_m = (parity.worst_difference(a, b)[0] for a, b in ((t32, t64),
-                                                                           (m32, m64)))
+                s32, s64 = (parity.worst_difference(t, m)[0] for t, m in ((t32, m32), (t64, m64)))
+                e_t, e_m = (parity.worst_difference(a, b)[0] for a, b in ((t32, t64), (m32, m64)))
                 pN, rvN, evN, hm, ht = deterministic_run(arch, path, data, args, batch)
-                rows.append((arch, f"{src}->{dst}", *lg, s32, s64, e_t, e_m, pN, rvN, evN,
-                             (hm.train_loss[-1], hm.train_acc[-1], hm.test_acc[-1]),
-                             (ht.train_loss[-1], ht.train_acc[-1], ht.test_acc[-1])))
-                print(f"  done {arch} {src}->{dst} ({time.perf_counter() - start:.0f} s)",
-                      file=sys.stderr, flush=True)
+                rows.append(
+                    (
+                        arch,
+                        f"{src}->{dst}",
+                        *lg,
+                        s32,
+                        s64,
+                        e_t,
+                        e_m,
+                        pN,
+                        rvN,
+                        evN,
+                        (hm.train_loss[-1], hm.train_acc[-1], hm.test_acc[-1]),
+                        (ht.train_loss[-1], ht.train_acc[-1], ht.test_acc[-1]),
+                    )
+                )
+                print(
+                    f"  done {arch} {src}->{dst} ({time.perf_counter() - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     v1_src = f"{pathlib.Path(pretrained).name}" if pretrained else "random (pretrained_like)"
-    print(f"data: {source}; {args.image_size} px, batch {args.batch_size}, {args.epochs} "
-          f"epochs = {steps} steps; MXNet lr {LR} wd {WD} (head 10x), torch "
-          f"lr {LR}/B wd {WD}*B (d2lft.equivalent_sgd)")
+    print(
+        f"data: {source}; {args.image_size} px, batch {args.batch_size}, {args.epochs} "
+        f"epochs = {steps} steps; MXNet lr {LR} wd {WD} (head 10x), torch "
+        f"lr {LR}/B wd {WD}*B (d2lft.equivalent_sgd)"
+    )
     print(f"weights: resnet18_v1 from {v1_src}; resnet18_v2 random (pretrained_like)")
     print()
-    head = ("| arch | direction | logits eval | logits train | params 1 step f32 | "
-            "params 1 step f64 | torch f32 vs f64 | mxnet f32 vs f64 | params N steps | running_var N steps | eval logits N steps "
-            "| mxnet loss / train acc / test acc | torch loss / train acc / test acc |")
+    head = (
+        "| arch | direction | logits eval | logits train | params 1 step f32 | "
+        "params 1 step f64 | torch f32 vs f64 | mxnet f32 vs f64 | params N steps | "
+        "running_var N steps | eval logits N steps "
+        "| mxnet loss / train acc / test acc | torch loss / train acc / test acc |"
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
         m, t = r[-2], r[-1]
         nums = " | ".join(f"{v:.1e}" for v in r[2:11])
-        print(f"| {r[0]} | {r[1]} | {nums} | {m[0]:.6f} / {m[1]:.3f} / {m[2]:.3f} | "
-              f"{t[0]:.6f} / {t[1]:.3f} / {t[2]:.3f} |")
-    print(f"\n(logits: max abs difference; params, running_var: worst max|a-b|/max|b| over "
-          f"the tensors, running_var without v2's bn_data; {time.perf_counter() - start:.0f} s "
-          f"on {os.cpu_count()} CPU cores)")
+        print(
+            f"| {r[0]} | {r[1]} | {nums} | {m[0]:.6f} / {m[1]:.3f} / {m[2]:.3f} | "
+            f"{t[0]:.6f} / {t[1]:.3f} / {t[2]:.3f} |"
+        )
+    print(
+        f"\n(logits: max abs difference; params, running_var: worst max|a-b|/max|b| over "
+        f"the tensors, running_var without v2's bn_data; {time.perf_counter() - start:.0f} s "
+        f"on {os.cpu_count()} CPU cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The Fine-Tuning chapter, mxnet tab, through d2lft.
 
-    python examples/finetune_mxnet.py                       # the book: hotdog.zip, ImageNet weights
-    python examples/finetune_mxnet.py --data-dir DIR --pretrained PATH --image-size 112 --epochs 1
+python examples/finetune_mxnet.py                       # the book: hotdog.zip, ImageNet weights
+python examples/finetune_mxnet.py --data-dir DIR --pretrained PATH --image-size 112 --epochs 1
 """
+
 import pathlib
 import sys
 

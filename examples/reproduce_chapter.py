@@ -14,6 +14,7 @@ were made with):
 Writes `results.md` (the book's format, with the book's published numbers beside),
 `results.json` and `curves.png` into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,35 +39,44 @@ BOOK_SPREAD = "across a dozen book builds: fine-tune test acc 0.894-0.948, scrat
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backends", nargs="+", default=["torch", "mxnet"], choices=d2lft.BACKENDS)
-    p.add_argument("--runs", nargs="+", default=["finetune", "scratch"],
-                   choices=["finetune", "scratch"])
+    p.add_argument(
+        "--runs", nargs="+", default=["finetune", "scratch"], choices=["finetune", "scratch"]
+    )
     p.add_argument("--data-dir", help="folder or .zip with train/ and test/ (default: hotdog.zip)")
     p.add_argument("--data-url", help="mirror of hotdog.zip")
     p.add_argument("--data-sha1", help="SHA-1 of the file at --data-url")
-    p.add_argument("--pretrained", default="imagenet",
-                   help="'imagenet' (model-zoo weights) or a weights file")
-    p.add_argument("--arch", default=None, help="default: each tab's own (MXNet resnet18_v2, "
-                   "torch resnet18); use resnet18_v1 for a torchvision source model")
+    p.add_argument(
+        "--pretrained", default="imagenet", help="'imagenet' (model-zoo weights) or a weights file"
+    )
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="default: each tab's own (MXNet resnet18_v2, "
+        "torch resnet18); use resnet18_v1 for a torchvision source model",
+    )
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     for b in d2lft.BACKENDS:
         for run in ("finetune", "scratch"):
-            p.add_argument(f"--lr-{b}-{run}", type=float,
-                           default=d2lft.BOOK_LEARNING_RATES[b][run])
+            p.add_argument(
+                f"--lr-{b}-{run}", type=float, default=d2lft.BOOK_LEARNING_RATES[b][run]
+            )
     p.add_argument("--out", default="runs/reproduce")
     return p.parse_args(argv)
 
 
 def machine() -> str:
     import os
+
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
@@ -77,9 +87,11 @@ def versions(backends) -> str:
     if "torch" in backends:
         import torch
         import torchvision
+
         parts += [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
     if "mxnet" in backends:
         import mxnet
+
         parts.append(f"mxnet {mxnet.__version__}")
     return ", ".join(parts)
 
@@ -89,7 +101,7 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.data_dir:
-        data_dir = d2lft.data.resolve_data_dir(args.data_dir)
+        data_dir = d2lft.data.hub.resolve_data_dir(args.data_dir)
     else:
         data_dir = d2lft.download_hotdog(url=args.data_url, sha1=args.data_sha1)
     pretrained = True if args.pretrained == "imagenet" else args.pretrained
@@ -101,23 +113,48 @@ def main(argv=None):
             lr = getattr(args, f"lr_{backend}_{run}")
             for seed in args.seeds:
                 print(f"== {backend} {run} lr={lr} seed={seed} ==", flush=True)
-                _seed(backend, seed)
+                d2lft.seed(seed)
                 if run == "finetune":
                     net = d2lft.build_finetune_net(pretrained=pretrained, arch=args.arch)
                 else:
                     net = d2lft.build_scratch_net(arch=args.arch)
-                h = d2lft.train_fine_tuning(net, lr, args.batch_size, args.epochs,
-                                            param_group=(run == "finetune"), data_dir=data_dir,
-                                            image_size=args.image_size, seed=seed)
+                h = d2lft.train_fine_tuning(
+                    net,
+                    lr,
+                    args.batch_size,
+                    args.epochs,
+                    param_group=(run == "finetune"),
+                    data_dir=data_dir,
+                    image_size=args.image_size,
+                    seed=seed,
+                )
                 histories[(backend, run, seed)] = h
-                rows.append(dict(backend=backend, run=run, seed=seed, lr=lr,
-                                 loss=h.train_loss[-1], train_acc=h.train_acc[-1],
-                                 test_acc=h.test_acc[-1], examples_per_sec=h.examples_per_sec,
-                                 wall_seconds=h.wall_seconds, test_acc_curve=h.test_acc,
-                                 train_loss_curve=h.train_loss))
-                (out / "results.json").write_text(json.dumps(
-                    dict(command=" ".join(sys.argv), machine=machine(),
-                         versions=versions(args.backends), rows=rows), indent=2))
+                rows.append(
+                    dict(
+                        backend=backend,
+                        run=run,
+                        seed=seed,
+                        lr=lr,
+                        loss=h.train_loss[-1],
+                        train_acc=h.train_acc[-1],
+                        test_acc=h.test_acc[-1],
+                        examples_per_sec=h.examples_per_sec,
+                        wall_seconds=h.wall_seconds,
+                        test_acc_curve=h.test_acc,
+                        train_loss_curve=h.train_loss,
+                    )
+                )
+                (out / "results.json").write_text(
+                    json.dumps(
+                        dict(
+                            command=" ".join(sys.argv),
+                            machine=machine(),
+                            versions=versions(args.backends),
+                            rows=rows,
+                        ),
+                        indent=2,
+                    )
+                )
     text = report(args, rows)
     (out / "results.md").write_text(text)
     plot(histories, out / "curves.png")
@@ -125,57 +162,57 @@ def main(argv=None):
     return rows
 
 
-def _seed(backend, seed):
-    import random
-    import numpy as np
-    random.seed(seed)
-    np.random.seed(seed)
-    if backend == "torch":
-        import torch
-        torch.manual_seed(seed)
-    else:
-        import mxnet as mx
-        mx.random.seed(seed)
-
-
 def report(args, rows) -> str:
-    lines = [f"# Fine-tuning vs scratch, {args.image_size} px, {args.epochs} epochs",
-             "",
-             f"Command: `python {' '.join(sys.argv)}`  ",
-             f"Machine: {machine()}  ",
-             f"Versions: {versions(args.backends)}  ",
-             f"Data: {args.data_dir or 'hotdog.zip'}; source weights: {args.pretrained}; "
-             f"arch: {args.arch or 'each tab default'}; batch {args.batch_size}",
-             "",
-             "| backend | run | lr | seed | loss | train acc | test acc | examples/sec | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Fine-tuning vs scratch, {args.image_size} px, {args.epochs} epochs",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Machine: {machine()}  ",
+        f"Versions: {versions(args.backends)}  ",
+        f"Data: {args.data_dir or 'hotdog.zip'}; source weights: {args.pretrained}; "
+        f"arch: {args.arch or 'each tab default'}; batch {args.batch_size}",
+        "",
+        "| backend | run | lr | seed | loss | train acc | test acc | examples/sec | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['backend']} | {r['run']} | {r['lr']:g} | {r['seed']} | "
-                     f"{r['loss']:.3f} | {r['train_acc']:.3f} | {r['test_acc']:.3f} | "
-                     f"{r['examples_per_sec']:.1f} | {r['wall_seconds']:.0f} |")
-    lines += ["", "## Summary (test accuracy over seeds) beside the book", "",
-              "| backend | run | mean test acc | min-max over seeds | book test acc | "
-              "book loss / train acc |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['backend']} | {r['run']} | {r['lr']:g} | {r['seed']} | "
+            f"{r['loss']:.3f} | {r['train_acc']:.3f} | {r['test_acc']:.3f} | "
+            f"{r['examples_per_sec']:.1f} | {r['wall_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "## Summary (test accuracy over seeds) beside the book",
+        "",
+        "| backend | run | mean test acc | min-max over seeds | book test acc | "
+        "book loss / train acc |",
+        "|---|---|---|---|---|---|",
+    ]
     for backend in args.backends:
         for run in args.runs:
             accs = [r["test_acc"] for r in rows if r["backend"] == backend and r["run"] == run]
             if not accs:
                 continue
             b = BOOK[(backend, run)]
-            lines.append(f"| {backend} | {run} | {statistics.mean(accs):.3f} | "
-                         f"{min(accs):.3f}-{max(accs):.3f} | {b[2]:.3f} | "
-                         f"{b[0]:.3f} / {b[1]:.3f} |")
+            lines.append(
+                f"| {backend} | {run} | {statistics.mean(accs):.3f} | "
+                f"{min(accs):.3f}-{max(accs):.3f} | {b[2]:.3f} | "
+                f"{b[0]:.3f} / {b[1]:.3f} |"
+            )
     lines += ["", f"Book: {BOOK_SPREAD}."]
     return "\n".join(lines) + "\n"
 
 
 def plot(histories, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     backends = sorted({k[0] for k in histories})
     fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 3.4), squeeze=False)
-    for ax, backend in zip(axes[0], backends):
+    for ax, backend in zip(axes[0], backends, strict=True):
         for (b, run, seed), h in sorted(histories.items()):
             if b != backend:
                 continue

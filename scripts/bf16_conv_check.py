@@ -8,9 +8,10 @@ with fp32 on the same (bf16-rounded) input. A relative error above 0.1 (or a
 non-finite value) is a kernel failure: torch 2.14.1 leaves parts of the gradient
 unwritten when a strided convolution's kernel tap meets only padding (e.g. a 3x3,
 stride-2 convolution over a 1x1 input), and those entries hold whatever the memory
-held. Each failing shape must be one that `d2lft.backends.torch.fast.bf16_unsafe_convs`
+held. Each failing shape must be one that `d2lft.backends.torch.runtime.bf16_unsafe_convs`
 runs in fp32; the script exits 1 if one is not. Prints the CPU's bf16 units first.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,7 +19,7 @@ import sys
 
 import torch
 
-from d2lft.backends.torch.fast import _all_padding_tap, cpu_has_bf16
+from d2lft.backends.torch.runtime import _all_padding_tap, cpu_has_bf16
 
 
 def rel_error(H, W, k, stride, pad, reps=4, cin=32, cout=64, n=4):
@@ -46,8 +47,17 @@ def main():
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = " ".join(sorted({w for line in f if line.startswith("flags")
-                                     for w in line.split() if "bf16" in w or "amx" in w}))
+            flags = " ".join(
+                sorted(
+                    {
+                        w
+                        for line in f
+                        if line.startswith("flags")
+                        for w in line.split()
+                        if "bf16" in w or "amx" in w
+                    }
+                )
+            )
     except OSError:
         pass
     print(f"torch {torch.__version__}; bf16 units: {cpu_has_bf16()} ({flags or 'none'})")
@@ -60,8 +70,10 @@ def main():
         failures += bad
         missed += bad and not guarded
         if bad or guarded:
-            print(f"input {H}x{W} kernel {k} stride {s} pad {p}: error {err:.3g}"
-                  f"{'  FAILS' if bad else ''}{'  (fp32 in d2lft)' if guarded else ''}")
+            print(
+                f"input {H}x{W} kernel {k} stride {s} pad {p}: error {err:.3g}"
+                f"{'  FAILS' if bad else ''}{'  (fp32 in d2lft)' if guarded else ''}"
+            )
     print(f"{failures} failing shape(s), {missed} not covered by d2lft's guard")
     return 1 if missed else 0
 

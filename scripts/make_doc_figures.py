@@ -18,6 +18,7 @@ Writes into --out (default docs/figures):
   lr_sweep.png             exercise 1: test accuracy against the fine-tuning learning rate
   figures.json             the numbers behind them, the command, machine and versions
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,14 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--sweep", type=float, nargs="+", default=None,
-                   help="fine-tuning learning rates for lr_sweep.png (default: the book's "
-                        "rate x 0.1, 1, 10, 100)")
+    p.add_argument(
+        "--sweep",
+        type=float,
+        nargs="+",
+        default=None,
+        help="fine-tuning learning rates for lr_sweep.png (default: the book's "
+        "rate x 0.1, 1, 10, 100)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "docs" / "figures"))
     return p.parse_args(argv)
@@ -54,7 +60,8 @@ def parse_args(argv=None):
 
 def subset(root, dest, per_class):
     """Hard links (else copies) of every k-th image of each class of each split."""
-    from d2lft.data import list_images
+    from d2lft.data.folders import list_images
+
     for split, n in per_class.items():
         classes, samples = list_images(root / split)
         for idx, c in enumerate(classes):
@@ -79,8 +86,9 @@ def rel(path):
 
 
 def synthetic(dest, per_class):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     for split, n in per_class.items():
         for c, color in (("hotdog", (200, 60, 40)), ("not-hotdog", (60, 90, 200))):
@@ -95,10 +103,12 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("D2LFT_PROGRESS", "0")
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     import d2lft
-    from d2lft.data import resolve_data_dir
+    from d2lft.data.hub import resolve_data_dir
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,17 +125,26 @@ def main(argv=None):
     pretrained = source if source.is_file() else False
     arch = "resnet18_v1" if pretrained else None
     lrs = d2lft.BOOK_LEARNING_RATES[args.backend]
-    info = {"command": " ".join([pathlib.Path(sys.executable).name] + sys.argv),
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                       f"{os.cpu_count()} CPUs", "python": platform.python_version(),
-            "backend": args.backend, "data": rel(args.data) if real else "generated",
-            "source": rel(source) if pretrained else "none (random features)",
-            "image_size": args.image_size, "epochs": args.epochs,
-            "batch_size": args.batch_size, "train_per_class": args.train_per_class,
-            "test_per_class": args.test_per_class, "seed": args.seed}
+    info = {
+        "command": " ".join([pathlib.Path(sys.executable).name] + sys.argv),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "backend": args.backend,
+        "data": rel(args.data) if real else "generated",
+        "source": rel(source) if pretrained else "none (random features)",
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "train_per_class": args.train_per_class,
+        "test_per_class": args.test_per_class,
+        "seed": args.seed,
+    }
 
     # 1. the chapter's first figure: the first 8 hotdogs and the last 8 other images
-    from d2lft.data import list_images, load_rgb
+    from d2lft.data.folders import list_images
+    from d2lft.data.images import load_rgb
+
     classes, samples = list_images(data / "train")
     hot = [p for p, i in samples if i == 0][:8]
     other = [p for p, i in samples if i == 1][-8:]
@@ -135,30 +154,42 @@ def main(argv=None):
 
     # 2. fine-tune vs scratch (the chapter's experiment, exercise 2's comparison)
     def train(mode, lr):
-        d2lft.get_backend()
-        import importlib
-        importlib.import_module(f"d2lft.backends.{args.backend}.train").seed_everything(args.seed)
         if mode == "finetune":
-            net = d2lft.build_finetune_net(pretrained=pretrained, arch=arch)
+            net = d2lft.build_finetune_net(pretrained=pretrained, arch=arch, seed=args.seed)
         else:
-            net = d2lft.build_scratch_net(arch=arch)
+            net = d2lft.build_scratch_net(arch=arch, seed=args.seed)
         t0 = time.perf_counter()
-        h = d2lft.train_fine_tuning(net, lr, args.batch_size, args.epochs,
-                                    param_group=(mode == "finetune"), data_dir=data,
-                                    image_size=args.image_size, seed=args.seed)
+        h = d2lft.train_fine_tuning(
+            net,
+            lr,
+            args.batch_size,
+            args.epochs,
+            param_group=(mode == "finetune"),
+            data_dir=data,
+            image_size=args.image_size,
+            seed=args.seed,
+        )
         print(f"{mode}: {time.perf_counter() - t0:.0f} s", flush=True)
         return net, h
 
     ft, h_ft = train("finetune", lrs["finetune"])
     _, h_sc = train("scratch", lrs["scratch"])
-    fig = d2lft.plot_history([h_ft, h_sc], out / "finetune_vs_scratch.png",
-                             labels=[f"finetune lr={lrs['finetune']:g}",
-                                     f"scratch lr={lrs['scratch']:g}"])
+    fig = d2lft.plot_history(
+        [h_ft, h_sc],
+        out / "finetune_vs_scratch.png",
+        labels=[f"finetune lr={lrs['finetune']:g}", f"scratch lr={lrs['scratch']:g}"],
+    )
     plt.close(fig)
-    info["finetune"] = {"learning_rate": lrs["finetune"], "test_acc": h_ft.test_acc,
-                        "train_loss": h_ft.train_loss}
-    info["scratch"] = {"learning_rate": lrs["scratch"], "test_acc": h_sc.test_acc,
-                       "train_loss": h_sc.train_loss}
+    info["finetune"] = {
+        "learning_rate": lrs["finetune"],
+        "test_acc": h_ft.test_acc,
+        "train_loss": h_ft.train_loss,
+    }
+    info["scratch"] = {
+        "learning_rate": lrs["scratch"],
+        "test_acc": h_sc.test_acc,
+        "train_loss": h_sc.train_loss,
+    }
 
     # 3. what the fine-tuned net gets wrong
     ev = d2lft.evaluate(ft, data)
@@ -168,10 +199,17 @@ def main(argv=None):
 
     # 4. exercise 1: accuracy against the fine-tuning learning rate
     sweep_lrs = args.sweep or [lrs["finetune"] * f for f in (0.1, 1, 10, 100)]
-    res = d2lft.lr_sweep(sweep_lrs, modes=("finetune",), data_dir=data,
-                         num_epochs=1, batch_size=args.batch_size,
-                         image_size=args.image_size, pretrained=pretrained, arch=arch,
-                         seed=args.seed)
+    res = d2lft.lr_sweep(
+        sweep_lrs,
+        modes=("finetune",),
+        data_dir=data,
+        num_epochs=1,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        pretrained=pretrained,
+        arch=arch,
+        seed=args.seed,
+    )
     print(res)
     plt.close(res.plot(out / "lr_sweep.png"))
     info["lr_sweep"] = json.loads(res.to_json())

@@ -11,6 +11,7 @@ kill it run there (`pytest -x`); a mutant is *killed* when they fail. Exit statu
 if any mutant survives or no longer applies. tests/test_mutants.py checks, without
 running them, that every mutant still applies to the current sources.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,83 +29,140 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MUTANTS = {
     "torch-fast-no-flip": (
         "torch fast pipeline: crops are never flipped",
-        [("d2lft/backends/torch/fast.py", "out[k] = a[:, ::-1] if flips[k] else a",
-          "out[k] = a")],
-        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation"
-         "[torch-fast]"]),
+        [
+            (
+                "d2lft/backends/torch/fastdata.py",
+                "out[k] = a[:, ::-1] if flips[k] else a",
+                "out[k] = a",
+            )
+        ],
+        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation[torch-fast]"],
+    ),
     "torch-fast-whole-image": (
         "torch fast pipeline: the crop sampler returns the whole image",
-        [("d2lft/backends/torch/fast.py",
-          "top, left, h, w = sample_resized_crops(self.rng, o[:, 0], o[:, 1])",
-          "top, left, h, w = 0 * o[:, 0], 0 * o[:, 1], o[:, 0], o[:, 1]")],
-        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation"
-         "[torch-fast]"]),
+        [
+            (
+                "d2lft/backends/torch/fastdata.py",
+                "top, left, h, w = sample_resized_crops(self.rng, o[:, 0], o[:, 1])",
+                "top, left, h, w = 0 * o[:, 0], 0 * o[:, 1], o[:, 0], o[:, 1]",
+            )
+        ],
+        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation[torch-fast]"],
+    ),
     "torch-fast-epoch0-stream": (
         "torch fast pipeline: every epoch reuses epoch 0's random stream",
-        [("d2lft/backends/torch/fast.py",
-          "self.rng = np.random.default_rng(epoch_seed(self.seed, epoch))",
-          "self.rng = np.random.default_rng(epoch_seed(self.seed, 0))")],
-        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation"
-         "[torch-fast]"]),
+        [
+            (
+                "d2lft/backends/torch/fastdata.py",
+                "self.rng = np.random.default_rng(epoch_seed(self.seed, epoch))",
+                "self.rng = np.random.default_rng(epoch_seed(self.seed, 0))",
+            )
+        ],
+        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation[torch-fast]"],
+    ),
     "mxnet-fast-labels-misaligned": (
         "MXNet fast pipeline: training labels shifted by one within each batch",
-        [("d2lft/backends/mxnet/fast.py",
-          'mx.nd.array(self.train_labels[b], dtype="int32"))',
-          'mx.nd.array(np.roll(self.train_labels[b], 1), dtype="int32"))')],
-        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation"
-         "[mxnet-fast]"]),
+        [
+            (
+                "d2lft/backends/mxnet/fastdata.py",
+                'mx.nd.array(self.train_labels[b], dtype="int32"),',
+                'mx.nd.array(np.roll(self.train_labels[b], 1), dtype="int32"),',
+            )
+        ],
+        ["tests/test_batches.py::test_training_batches_are_the_books_augmentation[mxnet-fast]"],
+    ),
     "test-resize-is-image-size": (
         "both backends: the test transform resizes to image_size (no center crop margin)",
-        [("d2lft/data.py", "return int(round(image_size * 256 / 224))",
-          "return int(image_size)")],
-        ["tests/test_batches.py::test_evaluation_batches_equal_the_frameworks_own"]),
+        [
+            (
+                "d2lft/data/images.py",
+                "return int(round(image_size * 256 / 224))",
+                "return int(image_size)",
+            )
+        ],
+        ["tests/test_batches.py::test_evaluation_batches_equal_the_frameworks_own"],
+    ),
     "train-augs-no-flip": (
         "both backends: train_augs without the horizontal flip",
-        [("d2lft/backends/torch/data.py", "        transforms.RandomHorizontalFlip(),\n", ""),
-         ("d2lft/backends/mxnet/data.py", "        transforms.RandomFlipLeftRight(),\n", "")],
-        ["tests/test_batches.py", "-k", "chapters_composition or flip_half"]),
+        [
+            ("d2lft/backends/torch/data.py", "        transforms.RandomHorizontalFlip(),\n", ""),
+            ("d2lft/backends/mxnet/data.py", "        transforms.RandomFlipLeftRight(),\n", ""),
+        ],
+        ["tests/test_batches.py", "-k", "chapters_composition or flip_half"],
+    ),
     "mxnet-step-by-batch-size": (
         "MXNet book loop: trainer.step(batch_size) instead of the batch's own size",
-        [("d2lft/backends/mxnet/train.py", "trainer.step(y.shape[0])",
-          "trainer.step(batch_size)")],
-        ["tests/test_book_oracle.py::test_mxnet_tab_matches_the_book",
-         "tests/test_parity.py::test_a_smaller_last_batch_agrees_under_its_own_size"]),
+        [
+            (
+                "d2lft/backends/mxnet/runners.py",
+                "self.trainer.step(y.shape[0])",
+                "self.trainer.step(self.plan.batch_size)",
+            )
+        ],
+        [
+            "tests/test_book_oracle.py::test_mxnet_tab_matches_the_book",
+            "tests/test_parity.py::test_a_smaller_last_batch_agrees_under_its_own_size",
+        ],
+    ),
     "mxnet-fast-set-epoch-noop": (
         "MXNet fast pipeline: set_epoch does nothing (resume no longer exact)",
-        [("d2lft/backends/mxnet/fast.py",
-          "            self.rng = np.random.default_rng(epoch_seed(self.seed, epoch))",
-          "            pass")],
-        ["tests/test_fast_path.py::test_fast_resume_continues_exactly[mxnet-fp32]"]),
+        [
+            (
+                "d2lft/backends/mxnet/fastdata.py",
+                "            self.rng = np.random.default_rng(epoch_seed(self.seed, epoch))",
+                "            pass",
+            )
+        ],
+        ["tests/test_fast_path.py::test_fast_resume_continues_exactly[mxnet-fp32]"],
+    ),
     "precision-auto-ignores-units": (
         "precision='auto' never picks bf16, even on CPUs with bf16 units",
-        [("d2lft/backends/torch/fast.py", 'return "bf16" if ok else "fp32"',
-          'return "fp32"')],
-        ["tests/test_fast_path.py::test_precision_auto_follows_hardware"]),
+        [("d2lft/backends/torch/runtime.py", 'return "bf16" if ok else "fp32"', 'return "fp32"')],
+        ["tests/test_fast_path.py::test_precision_auto_follows_hardware"],
+    ),
     "host-peak-not-sampled": (
         "peak host memory: the sampler thread records nothing",
-        [("d2lft/_memory.py",
-          "        while not self._stop.wait(self.interval):\n            self._sample()",
-          "        while not self._stop.wait(self.interval):\n            pass")],
-        ["tests/test_fast_path.py", "-k", "memory or host_peak"]),
+        [
+            (
+                "d2lft/_sys/memory.py",
+                "        while not self._stop.wait(self.interval):\n            self._sample()",
+                "        while not self._stop.wait(self.interval):\n            pass",
+            )
+        ],
+        ["tests/test_fast_path.py", "-k", "memory or host_peak"],
+    ),
     "crop-scale-narrowed": (
         "crop sampler: upper scale bound 1.0 -> 0.954 (5% narrower)",
-        [("d2lft/decode_cache.py", "RRC_SCALE = (0.08, 1.0)", "RRC_SCALE = (0.08, 0.954)")],
-        ["tests/test_fast_path.py", "-k", "crop_distribution_matches_torchvision"]),
+        [("d2lft/data/crops.py", "RRC_SCALE = (0.08, 1.0)", "RRC_SCALE = (0.08, 0.954)")],
+        ["tests/test_fast_path.py", "-k", "crop_distribution_matches_torchvision"],
+    ),
     "crop-ratio-narrowed": (
         "crop sampler: upper aspect ratio bound 4/3 -> 4/3 * 0.95",
-        [("d2lft/decode_cache.py", "RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)",
-          "RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0 * 0.95)")],
-        ["tests/test_fast_path.py", "-k", "crop_distribution_matches_torchvision"]),
+        [
+            (
+                "d2lft/data/crops.py",
+                "RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)",
+                "RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0 * 0.95)",
+            )
+        ],
+        ["tests/test_fast_path.py", "-k", "crop_distribution_matches_torchvision"],
+    ),
     "bf16-guard-off": (
         "bf16 on the CPU: convolutions with padding-only taps run in bf16 (oneDNN bug)",
-        [("d2lft/backends/torch/fast.py",
-          '    if precision != "bf16" or device.type != "cpu":',
-          '    if True:')],
-        ["tests/test_fast_path.py", "-k", "bf16"]),
+        [
+            (
+                "d2lft/backends/torch/runtime.py",
+                '    if precision != "bf16" or device.type != "cpu":',
+                "    if True:",
+            )
+        ],
+        ["tests/test_fast_path.py", "-k", "bf16"],
+    ),
     "builder-seed-ignored": (
         "build_finetune_net(seed=...) does not seed the initialisation",
-        [("d2lft/__init__.py", "        _seed_framework(backend, seed)", "        pass")],
-        ["tests/test_train.py", "-k", "seed_repeats"]),
+        [("d2lft/api.py", "        backend.seed_framework(seed)", "        pass")],
+        ["tests/test_train.py", "-k", "seed_repeats"],
+    ),
 }
 
 
@@ -113,8 +171,9 @@ def apply(root: pathlib.Path, edits):
         path = root / rel
         text = path.read_text()
         if text.count(old) != 1:
-            raise LookupError(f"{rel}: the text to replace occurs {text.count(old)} times: "
-                              f"{old!r}")
+            raise LookupError(
+                f"{rel}: the text to replace occurs {text.count(old)} times: {old!r}"
+            )
         path.write_text(text.replace(old, new))
 
 
@@ -135,16 +194,23 @@ def run(mid, keep=False) -> tuple[bool, float]:
         root = pathlib.Path(tmp)
         for name in ("d2lft", "tests", "scripts", "benchmarks", "examples"):
             if (REPO / name).exists():
-                shutil.copytree(REPO / name, root / name,
-                                ignore=shutil.ignore_patterns("__pycache__", "results"))
+                shutil.copytree(
+                    REPO / name,
+                    root / name,
+                    ignore=shutil.ignore_patterns("__pycache__", "results"),
+                )
         for name in ("pyproject.toml", "setup.cfg", "README.md"):
             shutil.copy2(REPO / name, root / name)
         apply(root, edits)
         env = dict(os.environ, PYTHONPATH=str(root), D2LFT_PROGRESS="0")
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q",
-                               "-p", "no:cacheprovider", *tests], cwd=root, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - t0
         if proc.returncode not in (0, 1):  # 2-5: interrupted, usage error, nothing collected
             raise RuntimeError(f"{mid}: pytest exited {proc.returncode}:\n{proc.stdout[-3000:]}")
@@ -158,8 +224,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ids", nargs="*", help="mutant ids (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--show", action="store_true",
-                        help="print the end of each pytest run (why a mutant was killed)")
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="print the end of each pytest run (why a mutant was killed)",
+    )
     args = parser.parse_args(argv)
     unknown = [i for i in args.ids if i not in MUTANTS]
     if unknown:
@@ -178,8 +247,10 @@ def main(argv=None):
         if any(mid == s for s, _ in stale):
             continue
         killed, seconds = run(mid, keep=args.show)
-        print(f"{'killed  ' if killed else 'SURVIVED'} {mid} ({seconds:.0f} s): "
-              f"{MUTANTS[mid][0]}", flush=True)
+        print(
+            f"{'killed  ' if killed else 'SURVIVED'} {mid} ({seconds:.0f} s): {MUTANTS[mid][0]}",
+            flush=True,
+        )
         if not killed:
             survived.append(mid)
     print(f"{len(ids) - len(survived) - len(stale)} of {len(ids)} killed")

@@ -1,4 +1,5 @@
 """Backend selection: use(), using(), get_backend(), $D2LFT_BACKEND, errors, lazy imports."""
+
 import subprocess
 import sys
 import textwrap
@@ -6,17 +7,23 @@ import textwrap
 import pytest
 
 import d2lft
-from d2lft import _backend
+from d2lft.backends import _registry as _backend
 
 
 def run_py(code, env=None, drop=()):
     import os
+
     full_env = dict(os.environ)
     for var in ("D2LFT_BACKEND", *drop):
         full_env.pop(var, None)
     full_env.update(env or {})
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, env=full_env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
@@ -30,8 +37,12 @@ def test_import_d2lft_imports_no_framework():
 
 
 def test_env_var_selects_backend():
-    assert run_py("import d2lft; print(d2lft.get_backend())", {"D2LFT_BACKEND": "mxnet"}) == "mxnet"
-    assert run_py("import d2lft; print(d2lft.get_backend())", {"D2LFT_BACKEND": "torch"}) == "torch"
+    assert (
+        run_py("import d2lft; print(d2lft.get_backend())", {"D2LFT_BACKEND": "mxnet"}) == "mxnet"
+    )
+    assert (
+        run_py("import d2lft; print(d2lft.get_backend())", {"D2LFT_BACKEND": "torch"}) == "torch"
+    )
 
 
 def test_default_is_torch_when_installed_else_mxnet(monkeypatch):
@@ -65,9 +76,8 @@ def test_use_and_using_nest_and_restore():
 
 def test_using_restores_after_error():
     before = d2lft.get_backend()
-    with pytest.raises(RuntimeError):
-        with d2lft.using("mxnet"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), d2lft.using("mxnet"):
+        raise RuntimeError("boom")
     assert d2lft.get_backend() == before
 
 
@@ -77,11 +87,14 @@ def test_unknown_backend_lists_valid_ones(name):
         d2lft.use(name)
 
 
-@pytest.mark.parametrize("name,extra", [("mxnet", "d2lft[mxnet]"), ("torch", "d2lft[torch]")])
+@pytest.mark.parametrize("name,extra", [("mxnet", ".[mxnet]"), ("torch", ".[torch]")])
 def test_missing_framework_names_the_pip_extra(monkeypatch, name, extra):
     real = _backend.importlib.util.find_spec
-    monkeypatch.setattr(_backend.importlib.util, "find_spec",
-                        lambda mod, *a: None if mod == name else real(mod, *a))
+    monkeypatch.setattr(
+        _backend.importlib.util,
+        "find_spec",
+        lambda mod, *a: None if mod == name else real(mod, *a),
+    )
     with pytest.raises(ImportError, match=extra.replace("[", r"\[").replace("]", r"\]")):
         d2lft.use(name)
 
@@ -141,7 +154,8 @@ BUSY_THREADS = """
 def test_mxnet_computes_on_every_core():
     """MXNet's own default is half the logical processors (1 on a 2-core VM without
     hyper-threads); through d2lft it computes on one thread per physical core."""
-    from d2lft._threads import physical_cores
+    from d2lft._sys.threads import physical_cores
+
     if physical_cores() < 2:
         pytest.skip("needs at least 2 physical cores")
     code = """
@@ -150,8 +164,10 @@ def test_mxnet_computes_on_every_core():
         d2lft.use('mxnet')
         mx = import_mxnet()
     """
-    busy, env = run_py(textwrap.dedent(code) + textwrap.dedent(BUSY_THREADS),
-                       drop=("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")).split()
+    busy, env = run_py(
+        textwrap.dedent(code) + textwrap.dedent(BUSY_THREADS),
+        drop=("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS"),
+    ).split()
     assert env == str(physical_cores())
     assert int(busy) == physical_cores()
 
@@ -164,15 +180,18 @@ def test_mxnet_threads_chosen_by_the_user_are_kept():
         d2lft.use('mxnet')
         mx = import_mxnet()
     """
-    busy, env = run_py(textwrap.dedent(code) + textwrap.dedent(BUSY_THREADS),
-                       env={"OMP_NUM_THREADS": "1"}, drop=("MXNET_OMP_MAX_THREADS",)).split()
+    busy, env = run_py(
+        textwrap.dedent(code) + textwrap.dedent(BUSY_THREADS),
+        env={"OMP_NUM_THREADS": "1"},
+        drop=("MXNET_OMP_MAX_THREADS",),
+    ).split()
     assert (busy, env) == ("1", "None")
 
 
 def test_torch_after_mxnet_gets_default_threads():
     line = run_py("""
         import d2lft
-        from d2lft._threads import torch_default_threads
+        from d2lft._sys.threads import torch_default_threads
         d2lft.use('mxnet')
         d2lft.use('torch')
         import torch
@@ -185,12 +204,13 @@ def test_torch_after_mxnet_gets_default_threads():
 def test_net_from_other_backend_is_refused(toy_data):
     with d2lft.using("mxnet"):
         mx_net = d2lft.build_scratch_net()
-    with d2lft.using("torch"):
-        with pytest.raises(TypeError, match=r"built with the 'mxnet' backend.*d2lft.use\('mxnet'\)"):
-            d2lft.train_fine_tuning(mx_net, 0.1, data_dir=toy_data, image_size=32, num_epochs=1)
-    with d2lft.using("mxnet"):
-        with pytest.raises(TypeError, match="expected a network built by d2lft"):
-            d2lft.train_fine_tuning(object(), 0.1, data_dir=toy_data)
+    with (
+        d2lft.using("torch"),
+        pytest.raises(TypeError, match=r"built with the 'mxnet' backend.*d2lft.use\('mxnet'\)"),
+    ):
+        d2lft.train_fine_tuning(mx_net, 0.1, data_dir=toy_data, image_size=32, num_epochs=1)
+    with d2lft.using("mxnet"), pytest.raises(TypeError, match="expected a network built by"):
+        d2lft.train_fine_tuning(object(), 0.1, data_dir=toy_data)
 
 
 def test_gluoncv_import_leaves_pil_truncated_flag_alone():

@@ -16,6 +16,7 @@ themselves: crop area and aspect ratio distributions (Kolmogorov-Smirnov), flip 
 randomness each epoch, and evaluation batches equal, bit for bit, to a reference
 built here from the frameworks' own datasets and transforms.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,15 +24,17 @@ import math
 
 import numpy as np
 import pytest
+from conftest import ks_limit, ks_stat
 from PIL import Image
 
 import d2lft
-from conftest import ks_limit, ks_stat
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              # Gluon warns that a hook on a hybridized block's children would not run;
-              # the hooks here sit on the top block, which always runs them
-              pytest.mark.filterwarnings("ignore:.*is being hybridized while still having")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    # Gluon warns that a hook on a hybridized block's children would not run;
+    # the hooks here sit on the top block, which always runs them
+    pytest.mark.filterwarnings("ignore:.*is being hybridized while still having"),
+]
 
 SIZE = 32  # output crop size
 MEAN = np.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)  # the chapter's, written here
@@ -138,9 +141,19 @@ def run_and_capture(backend, data, pipeline, monkeypatch, epochs=EPOCHS, seed=0)
     net = d2lft.build_finetune_net(pretrained=False, seed=0)
     lr = {"torch": 1e-5, "mxnet": 1e-3}[backend]
     with capture(backend, net, monkeypatch) as rec:
-        d2lft.train_fine_tuning(net, lr, 16, epochs, data_dir=data, image_size=SIZE,
-                                seed=seed, verbose=False, pipeline=pipeline,
-                                precision="fp32", num_workers=0)
+        d2lft.train_fine_tuning(
+            net,
+            lr,
+            16,
+            epochs,
+            data_dir=data,
+            image_size=SIZE,
+            seed=seed,
+            pipeline=d2lft.FastPipeline(precision="fp32")
+            if pipeline == "fast"
+            else d2lft.BookLoop(workers=0),
+            run=d2lft.RunSpec(verbose=False),
+        )
     return rec
 
 
@@ -148,13 +161,15 @@ def book_sampler(n, seed=0):
     """Crop fractions drawn by torchvision's own RandomResizedCrop for SHAPES."""
     torch = pytest.importorskip("torch")
     from torchvision import transforms
+
     torch.manual_seed(seed)
     out = []
     for k in range(n):
         h, w = SHAPES[k % len(SHAPES)]
         img = torch.empty(1, 1, 1).expand(3, h, w)
         top, left, ch, cw = transforms.RandomResizedCrop.get_params(
-            img, [0.08, 1.0], [3 / 4, 4 / 3])
+            img, [0.08, 1.0], [3 / 4, 4 / 3]
+        )
         out.append((cw / w, ch / h, cw / ch))
     return np.array(out)
 
@@ -163,17 +178,16 @@ def book_sampler(n, seed=0):
 
 
 @pytest.mark.parametrize("pipeline", ["book", "fast"])
-def test_training_batches_are_the_books_augmentation(backend, ramp_data, pipeline,
-                                                     monkeypatch):
+def test_training_batches_are_the_books_augmentation(backend, ramp_data, pipeline, monkeypatch):
     rec = run_and_capture(backend, ramp_data, pipeline, monkeypatch)
     n_train = 2 * len(SHAPES) * PER
     assert len(rec["X"]) == len(rec["y"]) == EPOCHS * math.ceil(n_train / 16)
     crops, per_epoch, seen = [], [], []
     batches_per_epoch = math.ceil(n_train / 16)
-    for b, (X, y) in enumerate(zip(rec["X"], rec["y"])):
+    for b, (X, y) in enumerate(zip(rec["X"], rec["y"], strict=False)):
         assert X.shape[1:] == (3, SIZE, SIZE) and len(X) == len(y)
         epoch = b // batches_per_epoch
-        for img, label in zip(pixels(X), y):
+        for img, label in zip(pixels(X), y, strict=False):
             c, s, x0, w, y0, h, flipped = read_crop(img)
             # the label that came with the image is the image's class
             assert int(label) == c, (pipeline, b, int(label), c)
@@ -207,7 +221,7 @@ def test_training_batches_are_the_books_augmentation(backend, ramp_data, pipelin
     # fresh randomness each epoch: no epoch repeats another's batches
     for e in range(1, EPOCHS):
         a = np.concatenate(per_epoch[:batches_per_epoch])
-        b = np.concatenate(per_epoch[e * batches_per_epoch:(e + 1) * batches_per_epoch])
+        b = np.concatenate(per_epoch[e * batches_per_epoch : (e + 1) * batches_per_epoch])
         assert not np.array_equal(a, b), e
 
 
@@ -217,9 +231,9 @@ def test_a_seeded_run_repeats_its_batches(backend, ramp_data, monkeypatch):
     a = run_and_capture(backend, ramp_data, "fast", monkeypatch, epochs=1, seed=3)
     b = run_and_capture(backend, ramp_data, "fast", monkeypatch, epochs=1, seed=3)
     c = run_and_capture(backend, ramp_data, "fast", monkeypatch, epochs=1, seed=4)
-    for u, v in zip(a["X"], b["X"]):
+    for u, v in zip(a["X"], b["X"], strict=False):
         np.testing.assert_array_equal(u, v)
-    assert not all(np.array_equal(u, v) for u, v in zip(a["X"], c["X"]))
+    assert not all(np.array_equal(u, v) for u, v in zip(a["X"], c["X"], strict=False))
 
 
 # ------------------------------------------------------------------ evaluation batches
@@ -234,24 +248,37 @@ def reference_test_batches(backend, folder):
     if backend == "torch":
         import torchvision
         from torchvision import transforms
-        tf = transforms.Compose([transforms.Resize([resize, resize]),
-                                 transforms.CenterCrop(SIZE), transforms.ToTensor(),
-                                 transforms.Normalize(mean, std)])
+
+        tf = transforms.Compose(
+            [
+                transforms.Resize([resize, resize]),
+                transforms.CenterCrop(SIZE),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
+        )
         ds = torchvision.datasets.ImageFolder(folder, transform=tf)
-        return np.stack([ds[i][0].numpy() for i in range(len(ds))]), \
-            np.array([t for _, t in ds.samples])
+        return np.stack([ds[i][0].numpy() for i in range(len(ds))]), np.array(
+            [t for _, t in ds.samples]
+        )
     from mxnet import gluon
     from mxnet.gluon.data.vision import transforms
-    tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(SIZE),
-                             transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+    tf = transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(SIZE),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
     ds = gluon.data.vision.ImageFolderDataset(str(folder)).transform_first(tf)
-    xs, ys = zip(*[ds[i] for i in range(len(ds))])
+    xs, ys = zip(*[ds[i] for i in range(len(ds))], strict=False)
     return np.stack([x.asnumpy() for x in xs]), np.array(ys)
 
 
 @pytest.mark.parametrize("pipeline", ["book", "fast"])
-def test_evaluation_batches_equal_the_frameworks_own(backend, ramp_data, pipeline,
-                                                     monkeypatch):
+def test_evaluation_batches_equal_the_frameworks_own(backend, ramp_data, pipeline, monkeypatch):
     rec = run_and_capture(backend, ramp_data, pipeline, monkeypatch, epochs=1)
     ours = np.concatenate(rec["eval"])
     ref, labels = reference_test_batches(backend, ramp_data / "test")
@@ -268,6 +295,7 @@ def test_augmentations_are_the_chapters_composition(backend):
     train, test = d2lft.train_augs(SIZE), d2lft.test_augs(SIZE)
     if backend == "torch":
         from torchvision import transforms as T
+
         rrc, flip, tensor, norm = train.transforms
         assert type(rrc) is T.RandomResizedCrop and list(rrc.size) == [SIZE, SIZE]
         assert tuple(rrc.scale) == (0.08, 1.0)
@@ -289,14 +317,22 @@ def test_augmentations_are_the_chapters_composition(backend):
 
         steps = flat(train)
         assert [type(t).__name__ for t in steps] == [
-            "RandomResizedCrop", "RandomFlipLeftRight", "ToTensor", "Normalize"]
+            "RandomResizedCrop",
+            "RandomFlipLeftRight",
+            "ToTensor",
+            "Normalize",
+        ]
         assert isinstance(steps[0], T.RandomResizedCrop)
         size, scale, ratio, _ = steps[0]._args
         assert size == (SIZE, SIZE) and scale == (0.08, 1.0)
         assert ratio == pytest.approx((3 / 4, 4 / 3))
         steps = flat(test)
-        assert [type(t).__name__ for t in steps] == ["Resize", "CenterCrop", "ToTensor",
-                                                      "Normalize"]
+        assert [type(t).__name__ for t in steps] == [
+            "Resize",
+            "CenterCrop",
+            "ToTensor",
+            "Normalize",
+        ]
         assert steps[0]._size == 37 and steps[1]._args[0] == (SIZE, SIZE)
         for nm in (flat(train)[3], steps[3]):
             assert list(nm._mean) == MEAN.ravel().tolist()
@@ -309,10 +345,12 @@ def test_train_augs_flip_half_the_images(backend):
     tf = d2lft.train_augs(SIZE)
     if backend == "torch":
         import torch
+
         torch.manual_seed(0)
         outs = [tf(Image.fromarray(img)).numpy() for _ in range(200)]
     else:
         import mxnet as mx
+
         mx.random.seed(0)
         src = mx.nd.array(img, dtype="uint8")
         outs = [tf(src).asnumpy() for _ in range(200)]

@@ -3,13 +3,13 @@
 No figure is asserted (speed is what the scripts measure, on purpose not here); these
 tests keep the scripts that docs/speed.md cites working.
 """
+
 from __future__ import annotations
 
 import json
 import sys
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -26,10 +26,29 @@ def _one(out, pattern):
 def test_bench_train_tiny(tmp_path):
     pytest.importorskip("torch")
     import bench_train
-    bench_train.main(["--backend", "torch", "--train", "16", "--test", "8", "--image-size",
-                      "32", "--epochs", "1", "--batch-size", "8",
-                      "--variants", "book-shipped,book,fast,ceiling",
-                      "--work-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+
+    bench_train.main(
+        [
+            "--backend",
+            "torch",
+            "--train",
+            "16",
+            "--test",
+            "8",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--variants",
+            "book-shipped,book,fast,ceiling",
+            "--work-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     r = _one(tmp_path / "out", "*-torch-cpu.json")
     runs = {x["variant"]: x for x in r["runs"]["torch"]}
     assert set(runs) == {"book-shipped", "book", "fast", "ceiling"}
@@ -37,7 +56,8 @@ def test_bench_train_tiny(tmp_path):
     assert runs["book-shipped"]["speedup_vs_book_shipped"] == 1.0
     # the process settings reach the runs: the book-shipped run kept glibc's defaults
     assert runs["book-shipped"]["config"]["retain_heap"] is False
-    from d2lft import _heap
+    from d2lft._sys import heap as _heap
+
     assert runs["book"]["config"]["retain_heap"] is (_heap.why_not() is None)
     assert runs["fast"]["config"]["pipeline"] == "fast"
     assert r["versions"]["torch"] and r["machine"]["cpu_count"]
@@ -47,10 +67,24 @@ def test_bench_train_tiny(tmp_path):
 def test_heap_faults_tiny(tmp_path):
     pytest.importorskip("torch")
     import heap_faults
-    heap_faults.main(["--image-size", "32", "--batch-size", "8", "--steps", "1", "--reps", "1",
-                      "--out", str(tmp_path)])
+
+    heap_faults.main(
+        [
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--steps",
+            "1",
+            "--reps",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     r = _one(tmp_path, "*-heap-torch-cpu-32px.json")
-    from d2lft import _heap
+    from d2lft._sys import heap as _heap
+
     assert [x["mode"] for x in r["runs"]] == ["default", "retain"]
     assert [x["retained"] for x in r["runs"]] == [False, _heap.why_not() is None]
     assert set(r["retain_over_default"]) == {"train_images_per_sec", "eval_images_per_sec"}
@@ -60,8 +94,19 @@ def test_heap_faults_tiny(tmp_path):
 def test_cpu_bound_tiny(tmp_path):
     pytest.importorskip("torch")
     import cpu_bound
-    r = cpu_bound.main(["--image-size", "32", "--batch-size", "8", "--book-images-per-sec",
-                        "10", "--out", str(tmp_path)])
+
+    r = cpu_bound.main(
+        [
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--book-images-per-sec",
+            "10",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     _one(tmp_path, "*-cpu-bound-32px.json")
     # ResNet-18: 1.82 G multiply-adds forward at 224 px (torchvision's figure), 2 FLOPs
     # each; about (32/224)^2 of that at 32 px; a training step about 3x the forward

@@ -1,12 +1,12 @@
 """Checkpoints: contents, hash check, atomic writes, either backend, Ctrl-C and resume."""
+
 import struct
 
 import numpy as np
 import pytest
 
 import d2lft
-from d2lft import checkpoint as ck_mod
-from d2lft import training
+from d2lft.io import checkpoint as ck_mod
 
 LR = {"torch": 1e-3, "mxnet": 0.02}
 
@@ -16,6 +16,7 @@ def one_torch_thread():
     """Tiny batches on a shared 2-core machine: one compute thread is many times faster
     than two competing with other processes (measured 0.5 s vs 10 s an epoch)."""
     import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -25,9 +26,11 @@ def one_torch_thread():
 def seed_framework(backend, seed):
     if backend == "torch":
         import torch
+
         torch.manual_seed(seed)
     else:
         import mxnet as mx
+
         mx.random.seed(seed)
 
 
@@ -37,44 +40,60 @@ def build(backend, kind="finetune", seed=1, arch=None):
         net = d2lft.build_finetune_net(pretrained=False, arch=arch)
     else:
         net = d2lft.build_scratch_net(arch=arch)
-    if backend == "mxnet":               # Gluon infers some shapes at the first forward pass
+    if backend == "mxnet":  # Gluon infers some shapes at the first forward pass
         import mxnet as mx
+
         net(mx.nd.zeros((1, 3, 32, 32)))
     return net
 
 
 def arrays_of(net):
-    from d2lft.weights import _net_backend
-    return _net_backend(net)[1].state_arrays(net)
+    from d2lft import parity
+
+    return parity.state_arrays(net)
 
 
 def logits(net, x):
-    if d2lft._backend.backend_of(net) == "torch":
+    if d2lft.backend_of(net) == "torch":
         import torch
+
         net.eval()
         with torch.no_grad():
             return net(torch.tensor(x)).numpy()
     import mxnet as mx
+
     return net(mx.nd.array(x)).asnumpy()
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from conftest import make_image_folder
-    return make_image_folder(tmp_path_factory.mktemp("ck") / "data", n_train=8, n_test=4,
-                             size=(36, 36), classes=("cat", "dog"))
+
+    return make_image_folder(
+        tmp_path_factory.mktemp("ck") / "data",
+        n_train=8,
+        n_test=4,
+        size=(36, 36),
+        classes=("cat", "dog"),
+    )
 
 
-KW = dict(batch_size=8, image_size=32, seed=5, verbose=False)
+KW = dict(batch_size=8, image_size=32, seed=5)
 
 
 def test_checkpoint_holds_what_is_needed(backend, tiny, tmp_path):
     net = build(backend)
-    h = d2lft.train_fine_tuning(net, LR[backend], num_epochs=1, data_dir=tiny,
-                                checkpoint_dir=tmp_path / "run", **KW)
+    h = d2lft.train_fine_tuning(
+        net,
+        LR[backend],
+        num_epochs=1,
+        data_dir=tiny,
+        **KW,
+        run=d2lft.RunSpec(checkpoint_dir=tmp_path / "run"),
+    )
     path = tmp_path / "run" / "checkpoint.safetensors"
     assert path.is_file() and not [p for p in (tmp_path / "run").iterdir() if p != path]
-    assert net.classes == ["cat", "dog"] and net.image_size == 32
+    assert d2lft.net_info(net).classes == ["cat", "dog"] and d2lft.net_info(net).image_size == 32
     ck = d2lft.read_checkpoint(tmp_path / "run")
     assert ck.kind == "finetune" and ck.backend == backend and ck.epoch == 1
     assert ck.classes == ["cat", "dog"] and ck.image_size == 32
@@ -98,7 +117,7 @@ def test_checkpoint_holds_what_is_needed(backend, tiny, tmp_path):
 
 def _save(backend, path, kind="finetune", arch=None):
     net = build(backend, kind, arch=arch)
-    net.classes = ["cat", "dog"]
+    d2lft.net_info(net).classes = ["cat", "dog"]
     d2lft.save_checkpoint(net, path, epoch=3, image_size=32)
     return net
 
@@ -112,7 +131,7 @@ def test_tampered_or_damaged_checkpoint_is_refused(tmp_path):
     with d2lft.using("torch"):
         good = tmp_path / "good.safetensors"
         _save("torch", good)
-        d2lft.read_checkpoint(good)                          # intact: accepted
+        d2lft.read_checkpoint(good)  # intact: accepted
         data = bytearray(good.read_bytes())
         start = _tensor_region(good)
         # one parameter value changed
@@ -150,11 +169,12 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         path = tmp_path / "checkpoint.safetensors"
         _save("torch", path)
         before = path.read_bytes()
-        import safetensors.numpy
+        from d2lft.io import weights as io_weights
 
         def broken(*a, **k):
             raise OSError("disk full")
-        monkeypatch.setattr(safetensors.numpy, "save", broken)
+
+        monkeypatch.setattr(io_weights, "save", broken)  # safetensors' writer
         with pytest.raises(OSError, match="disk full"):
             _save("torch", path)
         assert path.read_bytes() == before
@@ -170,40 +190,52 @@ def test_checkpoint_loads_in_the_other_backend(tmp_path, src, dst):
         want = logits(net, x)
     with d2lft.using(dst):
         other = d2lft.load_checkpoint(tmp_path / "c")
-        assert d2lft._backend.backend_of(other) == dst
-        assert other.classes == ["cat", "dog"] and other.image_size == 32
-        assert other.checkpoint.epoch == 3 and other.checkpoint.kind == "scratch"
+        assert d2lft.backend_of(other) == dst
+        assert (
+            d2lft.net_info(other).classes == ["cat", "dog"]
+            and d2lft.net_info(other).image_size == 32
+        )
+        ck = d2lft.net_info(other).checkpoint
+        assert ck.epoch == 3 and ck.kind == "scratch"
         np.testing.assert_allclose(logits(other, x), want, atol=1e-4)
 
 
-def _interrupt_at(monkeypatch, epoch, batch):
-    real = training.Reporter.batch
+class InterruptAt(d2lft.Callback):
+    """Ctrl-C, as a user's, after batch `batch` of epoch `epoch`."""
 
-    def batch_hook(self, e, i):
-        real(self, e, i)
-        if (e, i) == (epoch, batch):
+    def __init__(self, epoch, batch):
+        self.at = (epoch, batch)
+
+    def on_batch_end(self, state):
+        if (state.epoch, state.batch) == self.at:
             raise KeyboardInterrupt
-    monkeypatch.setattr(training.Reporter, "batch", batch_hook)
 
 
 def test_ctrl_c_keeps_history_and_last_complete_checkpoint_and_resume_is_exact(
-        backend, tiny, tmp_path, monkeypatch):
+    backend, tiny, tmp_path, monkeypatch
+):
     kw = dict(KW, num_epochs=3, data_dir=tiny)
     full = build(backend)
     h_full = d2lft.train_fine_tuning(full, LR[backend], **kw)
     run = tmp_path / "run"
-    _interrupt_at(monkeypatch, epoch=1, batch=0)       # during the second epoch
     net = build(backend)
-    h = d2lft.train_fine_tuning(net, LR[backend], checkpoint_dir=run, **kw)
-    monkeypatch.undo()
+    h = d2lft.train_fine_tuning(
+        net,
+        LR[backend],
+        **kw,
+        run=d2lft.RunSpec(checkpoint_dir=run),
+        callbacks=[InterruptAt(epoch=1, batch=0)],
+    )  # in epoch 2
     assert not h.completed and "interrupted" in h.stopped_reason
     assert h.epochs == 1 and h.train_loss == h_full.train_loss[:1]
     ck = d2lft.read_checkpoint(run)
     assert ck.epoch == 1 and ck.history.train_loss == h_full.train_loss[:1]
-    assert [p.name for p in run.iterdir()] == ["checkpoint.safetensors"]   # no temp files
+    assert [p.name for p in run.iterdir()] == ["checkpoint.safetensors"]  # no temp files
     # resume into a differently initialised net: the checkpoint's parameters win
     again = build(backend, seed=42)
-    h2 = d2lft.train_fine_tuning(again, LR[backend], checkpoint_dir=run, resume=True, **kw)
+    h2 = d2lft.train_fine_tuning(
+        again, LR[backend], **kw, run=d2lft.RunSpec(checkpoint_dir=run, resume=True)
+    )
     assert h2.completed and h2.epochs == 3
     assert h2.train_loss == h_full.train_loss and h2.test_acc == h_full.test_acc
     assert h2.config["resumed_from"]["epoch"] == 1
@@ -216,26 +248,53 @@ def test_ctrl_c_keeps_history_and_last_complete_checkpoint_and_resume_is_exact(
 def test_resume_checks(backend, tiny, tmp_path):
     run = tmp_path / "run"
     net = build(backend)
-    d2lft.train_fine_tuning(net, LR[backend], num_epochs=1, data_dir=tiny, checkpoint_dir=run,
-                            **KW)
+    d2lft.train_fine_tuning(
+        net, LR[backend], num_epochs=1, data_dir=tiny, **KW, run=d2lft.RunSpec(checkpoint_dir=run)
+    )
     with pytest.raises(ValueError, match="resume=True continues from checkpoint_dir"):
-        d2lft.train_fine_tuning(build(backend), LR[backend], num_epochs=1, data_dir=tiny,
-                                resume=True, **KW)
+        d2lft.train_fine_tuning(
+            build(backend),
+            LR[backend],
+            num_epochs=1,
+            data_dir=tiny,
+            **KW,
+            run=d2lft.RunSpec(resume=True),
+        )
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        d2lft.train_fine_tuning(build(backend), LR[backend], num_epochs=1, data_dir=tiny,
-                                resume=tmp_path / "none", **KW)
+        d2lft.train_fine_tuning(
+            build(backend),
+            LR[backend],
+            num_epochs=1,
+            data_dir=tiny,
+            **KW,
+            run=d2lft.RunSpec(resume=tmp_path / "none"),
+        )
     other_arch = "resnet18_v2" if backend == "torch" else "resnet18_v1"
     with pytest.raises(d2lft.CheckpointError, match="build it with arch="):
-        d2lft.train_fine_tuning(build(backend, arch=other_arch), LR[backend], num_epochs=2,
-                                data_dir=tiny, resume=run, **KW)
+        d2lft.train_fine_tuning(
+            build(backend, arch=other_arch),
+            LR[backend],
+            num_epochs=2,
+            data_dir=tiny,
+            **KW,
+            run=d2lft.RunSpec(resume=run),
+        )
     with pytest.warns(UserWarning, match="learning_rate.*differ from an uninterrupted run"):
-        h = d2lft.train_fine_tuning(build(backend), LR[backend] / 2, num_epochs=2,
-                                    data_dir=tiny, resume=run, **KW)
+        h = d2lft.train_fine_tuning(
+            build(backend),
+            LR[backend] / 2,
+            num_epochs=2,
+            data_dir=tiny,
+            **KW,
+            run=d2lft.RunSpec(resume=run),
+        )
     assert h.epochs == 2
 
 
 def test_epoch_seed():
-    assert ck_mod.epoch_seed(7, 0) == 7
-    seeds = {ck_mod.epoch_seed(7, e) for e in range(1, 50)}
+    from d2lft.engine.loop import epoch_seed
+
+    assert epoch_seed(7, 0) == 7
+    seeds = {epoch_seed(7, e) for e in range(1, 50)}
     assert len(seeds) == 49 and all(0 <= s < 2**31 for s in seeds)
-    assert ck_mod.epoch_seed(7, 3) == ck_mod.epoch_seed(7, 3) != ck_mod.epoch_seed(8, 3)
+    assert epoch_seed(7, 3) == epoch_seed(7, 3) != epoch_seed(8, 3)

@@ -3,6 +3,7 @@
 Every server here is a `http.server` on 127.0.0.1 that the test starts itself; nothing
 reaches the internet. The zips are generated from tiny images in the hotdog layout.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,17 +17,17 @@ import threading
 import zipfile
 
 import pytest
+from conftest import make_image_folder
 
 import d2lft
 from d2lft import data
 from d2lft.data import DataLayoutError, DownloadError
 
-from conftest import make_image_folder
-
 UNREACHABLE = "http://127.0.0.1:1/hotdog.zip"  # nothing listens on port 1: any request fails
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 class Server:
     """A loopback HTTP server. `routes[path]` is a list of responses served in turn
@@ -74,8 +75,9 @@ class Server:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def serve(self, path, *responses):
@@ -114,8 +116,9 @@ def sha1(b: bytes) -> str:
 
 
 def files_under(folder):
-    return sorted(p.relative_to(folder).as_posix() for p in pathlib.Path(folder).rglob("*")
-                  if p.is_file())
+    return sorted(
+        p.relative_to(folder).as_posix() for p in pathlib.Path(folder).rglob("*") if p.is_file()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +126,7 @@ def zips(tmp_path_factory):
     """Two different valid hotdog-layout zips (`good`, `other`) as bytes."""
     base = tmp_path_factory.mktemp("zips")
     good = zip_folder(make_image_folder(base / "a", n_train=3, n_test=2, size=(16, 16)))
-    other = zip_folder(make_image_folder(base / "b", n_train=2, n_test=2, size=(16, 16),
-                                         seed=1))
+    other = zip_folder(make_image_folder(base / "b", n_train=2, n_test=2, size=(16, 16), seed=1))
     return {"good": good, "other": other}
 
 
@@ -137,14 +139,17 @@ def count_extractions(monkeypatch):
     def spy(self, *args, **kw):
         calls.append(self.filename)
         return real(self, *args, **kw)
+
     monkeypatch.setattr(zipfile.ZipFile, "extractall", spy)
     return calls
 
 
 # --------------------------------------------------------------------------- downloads
 
-def test_download_then_cache_reuse_and_single_extraction(server, zips, tmp_path,
-                                                         count_extractions):
+
+def test_download_then_cache_reuse_and_single_extraction(
+    server, zips, tmp_path, count_extractions
+):
     url = server.serve("/hotdog.zip", zips["good"])
     root = tmp_path / "cache"
     folder = d2lft.download_hotdog(root, url=url, sha1=sha1(zips["good"]))
@@ -290,8 +295,7 @@ def test_local_path_and_file_url_as_source(zips, tmp_path):
     assert files_under(tmp_path / "c") == []
 
 
-def test_interrupted_extraction_leaves_no_half_filled_folder(server, zips, tmp_path,
-                                                            monkeypatch):
+def test_interrupted_extraction_leaves_no_half_filled_folder(server, zips, tmp_path, monkeypatch):
     url = server.serve("/hotdog.zip", zips["good"])
     real = zipfile.ZipFile.extractall
 
@@ -299,6 +303,7 @@ def test_interrupted_extraction_leaves_no_half_filled_folder(server, zips, tmp_p
         with zipfile.ZipFile(self.filename) as zf:
             zf.extract(zf.namelist()[0], path)  # some files are written, then Ctrl-C
         raise KeyboardInterrupt
+
     monkeypatch.setattr(zipfile.ZipFile, "extractall", interrupted)
     with pytest.raises(KeyboardInterrupt):
         d2lft.download_hotdog(tmp_path, url=url, sha1=sha1(zips["good"]))
@@ -319,11 +324,14 @@ def test_progress_bar_when_asked(server, zips, tmp_path, monkeypatch, capfd):
     assert "100%" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"sha1": "abc"}, "40 hex digits"),
-    ({"sha1": "z" * 40}, "40 hex digits"),
-    ({"url": "gopher://example.invalid/hotdog.zip", "sha1": "a" * 40}, "http://"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"sha1": "abc"}, "40 hex digits"),
+        ({"sha1": "z" * 40}, "40 hex digits"),
+        ({"url": "gopher://example.invalid/hotdog.zip", "sha1": "a" * 40}, "http://"),
+    ],
+)
 def test_bad_url_or_sha1_argument(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         d2lft.download_hotdog(tmp_path, **kw)
@@ -349,14 +357,16 @@ def test_real_hotdog_zip_over_loopback(server, shared_data, tmp_path):
     real = shared_data / "hotdog-real.zip"
     url = server.serve("/hotdog.zip", real)
     with d2lft.using("torch"):
-        train, test = d2lft.load_hotdog(tmp_path, url=url,
-                                        sha1="6273bb527df347c12811527ced8eab594e874794")
+        train, test = d2lft.load_hotdog(
+            tmp_path, url=url, sha1="6273bb527df347c12811527ced8eab594e874794"
+        )
     assert (len(train), len(test)) == (2000, 800)
     assert sorted(collections.Counter(label for _, label in train.samples).values()) == [1000] * 2
     assert (tmp_path / "hotdog.zip").stat().st_size == real.stat().st_size
 
 
 # --------------------------------------------------------------------------- archives
+
 
 def _zip_with(path, entries):
     with zipfile.ZipFile(path, "w") as zf:
@@ -365,8 +375,10 @@ def _zip_with(path, entries):
     return path
 
 
-@pytest.mark.parametrize("evil", ["../evil.txt", "hotdog/../../evil.txt", "/tmp/d2lft-evil.txt",
-                                  "..\\evil.txt", "C:/evil.txt"])
+@pytest.mark.parametrize(
+    "evil",
+    ["../evil.txt", "hotdog/../../evil.txt", "/tmp/d2lft-evil.txt", "..\\evil.txt", "C:/evil.txt"],
+)
 def test_zip_slip_entries_are_refused(tmp_path, evil):
     work = tmp_path / "work"
     work.mkdir()
@@ -381,8 +393,10 @@ def test_zip_slip_entries_are_refused(tmp_path, evil):
 
 def test_zip_slip_through_download_and_data_dir(server, tmp_path, monkeypatch):
     monkeypatch.setenv("D2LFT_HOME", str(tmp_path / "home"))
-    evil = zip_folder(make_image_folder(tmp_path / "src", n_train=1, n_test=1, size=(8, 8)),
-                      extra={"../../outside.txt": b"pwned"})
+    evil = zip_folder(
+        make_image_folder(tmp_path / "src", n_train=1, n_test=1, size=(8, 8)),
+        extra={"../../outside.txt": b"pwned"},
+    )
     url = server.serve("/hotdog.zip", evil)
     with pytest.raises(DataLayoutError, match="unsafe"):
         d2lft.download_hotdog(tmp_path / "cache", url=url, sha1=sha1(evil))
@@ -442,8 +456,9 @@ def test_wrong_layout_archive_shows_expected_layout(server, tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["hotdog.zip"]
 
 
-@pytest.mark.parametrize("case", ["no_splits", "no_classes", "classes_differ", "empty_class",
-                                  "missing"])
+@pytest.mark.parametrize(
+    "case", ["no_splits", "no_classes", "classes_differ", "empty_class", "missing"]
+)
 def test_wrong_folder_layouts(tmp_path, case):
     root = make_image_folder(tmp_path / "d", n_train=2, n_test=1, size=(8, 8))
     if case == "no_splits":
@@ -488,8 +503,7 @@ def test_resolve_data_dir_on_folder_parent_and_zip(tmp_path, monkeypatch, count_
 
 
 def test_single_class_fails_for_training_not_for_a_dataset(tmp_path):
-    root = make_image_folder(tmp_path / "d", n_train=2, n_test=1, size=(8, 8),
-                             classes=("only",))
+    root = make_image_folder(tmp_path / "d", n_train=2, n_test=1, size=(8, 8), classes=("only",))
     assert data.check_image_folder(root / "train") == ["only"]
     with pytest.raises(DataLayoutError, match="at least 2 classes"):
         data.resolve_data_dir(root)

@@ -3,6 +3,7 @@ transforms, pixel agreement of the resamplers, identical evaluation batches, opt
 
 No timing is asserted here; speed is measured by benchmarks/bench_train.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import ks_limit, ks_stat, make_image_folder
 from PIL import Image
 
-from conftest import ks_limit, ks_stat, make_image_folder
-from d2lft import decode_cache as dc
+from d2lft.data import crops
+from d2lft.data import decode_cache as dc
 
 # ------------------------------------------------------------------ helpers
 
@@ -28,8 +30,12 @@ def smooth_image(h, w, seed=0):
 def crop_features(top, left, h, w, H, W):
     """Per-crop statistics compared between samplers."""
     top, left, h, w = (np.asarray(v, float) for v in (top, left, h, w))
-    return {"area": h * w / (H * W), "log_ratio": np.log(w / h),
-            "cx": (left + w / 2) / W, "cy": (top + h / 2) / H}
+    return {
+        "area": h * w / (H * W),
+        "log_ratio": np.log(w / h),
+        "cx": (left + w / 2) / W,
+        "cy": (top + h / 2) / H,
+    }
 
 
 # ------------------------------------------------------------------ crop sampling
@@ -39,10 +45,15 @@ def torchvision_boxes(H, W, n, seed=0):
     """n crop boxes (top, left, h, w) drawn by torchvision's RandomResizedCrop."""
     torch = pytest.importorskip("torch")
     from torchvision import transforms
+
     torch.manual_seed(seed)
     img = torch.empty(1, 1, 1).expand(3, H, W)  # only the size is read
-    return np.array([transforms.RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3])
-                     for _ in range(n)])
+    return np.array(
+        [
+            transforms.RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3])
+            for _ in range(n)
+        ]
+    )
 
 
 def tail_z(a, b, lo, hi):
@@ -61,8 +72,9 @@ def test_crop_distribution_matches_torchvision(H, W):
     narrowing any bound by 5% fails (|z| > 4.5; measured on a correct sampler: < 2)."""
     n = 20000
     ref = torchvision_boxes(H, W, n)
-    ours = np.stack(dc.sample_resized_crops(np.random.default_rng(1), np.full(n, H),
-                                            np.full(n, W)), axis=1)
+    ours = np.stack(
+        crops.sample_resized_crops(np.random.default_rng(1), np.full(n, H), np.full(n, W)), axis=1
+    )
     assert ours.dtype == np.int64 and ours.shape == (n, 4)
     assert (ours[:, 2] >= 1).all() and (ours[:, 3] >= 1).all()
     assert (ours[:, 0] >= 0).all() and (ours[:, 0] + ours[:, 2] <= H).all()
@@ -74,8 +86,12 @@ def test_crop_distribution_matches_torchvision(H, W):
     if H * W < 10**6:
         return
     lo, hi = math.log(3 / 4), math.log(4 / 3)
-    for key, a, b in (("area", 0.08, 0.08 * 1.05), ("area", 0.95, 1.0 + 1e-9),
-                      ("log_ratio", lo, lo * 0.95), ("log_ratio", hi * 0.95, hi + 1e-9)):
+    for key, a, b in (
+        ("area", 0.08, 0.08 * 1.05),
+        ("area", 0.95, 1.0 + 1e-9),
+        ("log_ratio", lo, lo * 0.95),
+        ("log_ratio", hi * 0.95, hi + 1e-9),
+    ):
         z = tail_z(fr[key], fo[key], a, b)
         share = np.mean((fr[key] >= a) & (fr[key] < b))
         assert share > 0.003, (key, a, share)  # the bin holds crops in the book's sampler
@@ -86,12 +102,15 @@ def test_fallback_matches_torchvision_exactly():
     """An image so elongated that no try fits: torchvision's central fallback."""
     torch = pytest.importorskip("torch")
     from torchvision import transforms
+
     H, W = 10, 400
     torch.manual_seed(0)
-    ref = transforms.RandomResizedCrop.get_params(torch.empty(3, H, W), [0.08, 1.0],
-                                                  [3 / 4, 4 / 3])
-    top, left, h, w = dc.sample_resized_crops(np.random.default_rng(0), [H], [W],
-                                              scale=(0.99, 1.0))
+    ref = transforms.RandomResizedCrop.get_params(
+        torch.empty(3, H, W), [0.08, 1.0], [3 / 4, 4 / 3]
+    )
+    top, left, h, w = crops.sample_resized_crops(
+        np.random.default_rng(0), [H], [W], scale=(0.99, 1.0)
+    )
     assert (int(top[0]), int(left[0]), int(h[0]), int(w[0])) == tuple(ref)
     assert w[0] == round(10 * 4 / 3)  # ratio clamped to 4/3 of the full height
 
@@ -99,22 +118,27 @@ def test_fallback_matches_torchvision_exactly():
 def test_crop_distribution_matches_gluon():
     mx = pytest.importorskip("mxnet")
     import random
-    from d2lft.backends.mxnet import fast as mfast
+
+    from d2lft.backends.mxnet import fastdata as mfast
+
     H, W, n = 60, 80, 1500
     random.seed(0)
     src = mx.nd.zeros((H, W, 3), dtype="uint8")
-    ref = np.array([mx.image.random_size_crop(src, (8, 8), (0.08, 1.0), (3 / 4, 4 / 3))[1]
-                    for _ in range(n)])  # (x0, y0, w, h)
+    ref = np.array(
+        [mx.image.random_size_crop(src, (8, 8), (0.08, 1.0), (3 / 4, 4 / 3))[1] for _ in range(n)]
+    )  # (x0, y0, w, h)
     top, left, h, w = mfast.sample_crops(np.random.default_rng(0), np.full(n, H), np.full(n, W), 8)
     fr = crop_features(ref[:, 1], ref[:, 0], ref[:, 3], ref[:, 2], H, W)
     fo = crop_features(top, left, h, w, H, W)
     for key in fr:
         assert ks_stat(fr[key], fo[key]) < ks_limit(n, n), key
     # Gluon's fallback: center_crop to the output size, scaled down to fit
-    t, l_, hh, ww = dc.sample_resized_crops(np.random.default_rng(0), [10], [400],
-                                            scale=(0.99, 1.0), fallback="mxnet", out_size=224)
-    _, (x0, y0, cw, ch) = mx.image.center_crop(mx.nd.zeros((10, 400, 3), dtype="uint8"),
-                                               (224, 224))
+    t, l_, hh, ww = crops.sample_resized_crops(
+        np.random.default_rng(0), [10], [400], scale=(0.99, 1.0), fallback="gluon", out_size=224
+    )
+    _, (x0, y0, cw, ch) = mx.image.center_crop(
+        mx.nd.zeros((10, 400, 3), dtype="uint8"), (224, 224)
+    )
     assert (int(t[0]), int(l_[0]), int(hh[0]), int(ww[0])) == (y0, x0, ch, cw)
 
 
@@ -170,6 +194,7 @@ def test_decode_cache_memory_disk_and_invalidation(tmp_path):
 
 def test_bad_image_names_the_file(tmp_path):
     from d2lft.data import BadImageError
+
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(BadImageError, match="bad.jpg"):
@@ -190,16 +215,21 @@ def test_get_cache_options(tmp_path, monkeypatch):
 
 
 def _store_of(arrays):
-    return dc.ImageStore.from_arrays(arrays, [a.shape[:2] for a in arrays],
-                                     [str(i) for i in range(len(arrays))])
+    return dc.ImageStore.from_arrays(
+        arrays, [a.shape[:2] for a in arrays], [str(i) for i in range(len(arrays))]
+    )
 
 
 def test_pil_crops_equal_torchvision_resized_crop():
     pytest.importorskip("torch")
     from torchvision.transforms import functional as F
-    from d2lft.backends.torch.fast import pil_crops
-    imgs = [smooth_image(90, 120, 1), np.random.default_rng(2).integers(0, 256, (50, 40, 3),
-                                                                         dtype=np.uint8)]
+
+    from d2lft.backends.torch.fastdata import pil_crops
+
+    imgs = [
+        smooth_image(90, 120, 1),
+        np.random.default_rng(2).integers(0, 256, (50, 40, 3), dtype=np.uint8),
+    ]
     store = _store_of(imgs)
     idx = np.array([0, 1, 0])
     top, left, h, w = (np.array(v) for v in ([5, 0, 30], [7, 3, 0], [60, 50, 40], [80, 37, 120]))
@@ -207,8 +237,14 @@ def test_pil_crops_equal_torchvision_resized_crop():
     out = pil_crops(store, idx, top, left, h, w, flips, 32)
     assert out.shape == (3, 32, 32, 3) and out.dtype == np.uint8
     for k in range(3):
-        ref = F.resized_crop(Image.fromarray(imgs[idx[k]]), int(top[k]), int(left[k]),
-                             int(h[k]), int(w[k]), [32, 32])
+        ref = F.resized_crop(
+            Image.fromarray(imgs[idx[k]]),
+            int(top[k]),
+            int(left[k]),
+            int(h[k]),
+            int(w[k]),
+            [32, 32],
+        )
         if flips[k]:
             ref = F.hflip(ref)
         np.testing.assert_array_equal(out[k], np.asarray(ref))  # bit-identical
@@ -221,8 +257,10 @@ def test_roi_align_crops_close_to_torchvision():
     antialiasing versus PIL's triangle filter."""
     torch = pytest.importorskip("torch")
     from torchvision.transforms import functional as F
-    from d2lft.backends.torch.fast import DeviceImages, Normalizer
+
     from d2lft.backends.torch.data import MEAN, STD
+    from d2lft.backends.torch.fastdata import DeviceImages, Normalizer
+
     imgs = [smooth_image(120, 160, 3), smooth_image(64, 48, 4)]
     store = _store_of(imgs)
     dev = DeviceImages(store, "cpu")
@@ -236,8 +274,14 @@ def test_roi_align_crops_close_to_torchvision():
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     pix = ((X * std + mean) * 255).permute(0, 2, 3, 1).numpy()
     for k in range(4):
-        ref = F.resized_crop(Image.fromarray(imgs[idx[k]]), int(top[k]), int(left[k]),
-                             int(h[k]), int(w[k]), [40, 40])
+        ref = F.resized_crop(
+            Image.fromarray(imgs[idx[k]]),
+            int(top[k]),
+            int(left[k]),
+            int(h[k]),
+            int(w[k]),
+            [40, 40],
+        )
         ref = np.asarray(F.hflip(ref) if flips[k] else ref).astype(float)
         diff = np.abs(pix[k] - ref)
         assert diff.mean() < 1.0 and diff.max() < 8, (k, diff.mean(), diff.max())
@@ -248,7 +292,9 @@ def test_downscaled_store_close_to_full_resolution():
     same crop of the original."""
     pytest.importorskip("torch")
     from torchvision.transforms import functional as F
-    from d2lft.backends.torch.fast import pil_crops
+
+    from d2lft.backends.torch.fastdata import pil_crops
+
     big = smooth_image(200, 260, 7)
     small = np.asarray(Image.fromarray(big).resize((130, 100), Image.BILINEAR))
     store = dc.ImageStore.from_arrays([small], [(200, 260)], ["0"])
@@ -279,8 +325,9 @@ def odd_data(tmp_path_factory):
 @pytest.mark.parametrize("augment", ["pil", "roi_align"])
 def test_torch_train_batches(odd_data, augment):
     torch = pytest.importorskip("torch")
-    from d2lft.backends.torch.fast import FastData
     from d2lft.backends.torch.data import MEAN, STD
+    from d2lft.backends.torch.fastdata import FastData
+
     data = FastData(odd_data, 32, 5, "cpu", seed=0, decode_cache=None, augment=augment)
     assert (np.minimum(data.train.shapes[:, 0], data.train.shapes[:, 1]) <= 64).all()
     assert (data.train.orig >= data.train.shapes).all()
@@ -298,18 +345,19 @@ def test_torch_train_batches(odd_data, augment):
     a = [X.clone() for X, _, _ in data.train_batches()]
     data.set_epoch(3)
     b = [X for X, _, _ in data.train_batches()]
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=False))
 
 
 def test_torch_eval_batches_equal_book(odd_data):
     """The fast test batches equal the book's test_augs batches exactly (the same
     torchvision resize and crop on the same decoded image, the same float ops)."""
     torch = pytest.importorskip("torch")
-    from d2lft.backends.torch.fast import FastData
     from d2lft.backends.torch.data import make_loaders
+    from d2lft.backends.torch.fastdata import FastData
+
     data = FastData(odd_data, 32, 4, "cpu", decode_cache=None)
     _, book = make_loaders(odd_data, 4, 32, num_workers=0)
-    pairs = list(zip(data.test_batches(), book))
+    pairs = list(zip(data.test_batches(), book, strict=False))
     assert len(pairs) == 3
     for (X, y), (Xb, yb) in pairs:
         assert torch.equal(y, yb)
@@ -318,18 +366,20 @@ def test_torch_eval_batches_equal_book(odd_data):
 
 def test_mxnet_batches(odd_data):
     pytest.importorskip("mxnet")
-    from d2lft.backends.mxnet import fast as mfast
+    from d2lft.backends.mxnet import fastdata as mfast
     from d2lft.backends.mxnet.data import make_loaders
+
     data = mfast.FastData(odd_data, 32, 4, seed=0, decode_cache=None)
     _, book = make_loaders(odd_data, 4, 32)
-    for (X, y), (Xb, yb) in zip(data.test_batches(), book):
+    for (X, y), (Xb, yb) in zip(data.test_batches(), book, strict=False):
         assert (y.asnumpy() == yb.asnumpy()).all()
         np.testing.assert_array_equal(X.asnumpy(), Xb.asnumpy())  # bit-identical
     n = 0
-    for X, y in data.train_batches():
+    for X, _ in data.train_batches():
         assert X.shape[1:] == (3, 32, 32) and X.dtype == np.float32
-        pix = X.asnumpy() * np.array(mfast.STD).reshape(1, 3, 1, 1) \
-            + np.array(mfast.MEAN).reshape(1, 3, 1, 1)
+        pix = X.asnumpy() * np.array(mfast.STD).reshape(1, 3, 1, 1) + np.array(mfast.MEAN).reshape(
+            1, 3, 1, 1
+        )
         assert pix.min() >= -1e-5 and pix.max() <= 1 + 1e-5
         n += X.shape[0]
     assert n == 12
@@ -337,12 +387,20 @@ def test_mxnet_batches(odd_data):
 
 def test_mxnet_crop_resize_equals_gluon_fixed_crop():
     mx = pytest.importorskip("mxnet")
-    from d2lft.backends.mxnet import fast as mfast
+    from d2lft.backends.mxnet import fastdata as mfast
+
     img = smooth_image(50, 70, 9)
     store = _store_of([img])
-    out = mfast.crop_resize(store, np.array([0, 0]), np.array([3, 0]), np.array([4, 10]),
-                            np.array([30, 50]), np.array([40, 45]),
-                            np.array([False, True]), 24).asnumpy()
+    out = mfast.crop_resize(
+        store,
+        np.array([0, 0]),
+        np.array([3, 0]),
+        np.array([4, 10]),
+        np.array([30, 50]),
+        np.array([40, 45]),
+        np.array([False, True]),
+        24,
+    ).asnumpy()
     src = mx.nd.array(img, dtype="uint8")
     ref0 = mx.image.fixed_crop(src, 4, 3, 40, 30, (24, 24), 1).asnumpy()
     ref1 = mx.image.fixed_crop(src, 10, 0, 45, 50, (24, 24), 1).asnumpy()[:, ::-1]
@@ -360,6 +418,7 @@ def hold_a_block_once(backend, net):
     """A forward pre-hook that, on the first training forward, fills a BLOCK_MB numpy
     block, holds it 0.3 s (the peak sampler reads every 0.05 s) and frees it."""
     import time
+
     done = []
 
     def hook(*args):
@@ -367,6 +426,7 @@ def hold_a_block_once(backend, net):
             block = np.ones(BLOCK_MB * 2**20, dtype=np.uint8)
             time.sleep(0.3)
             done.append(int(block.sum()))
+
     net.register_forward_pre_hook(hook)  # torch and Gluon blocks both have it
     return done
 
@@ -374,11 +434,17 @@ def hold_a_block_once(backend, net):
 @pytest.mark.parametrize("pipeline", ["book", "fast"])
 def test_training_records_memory_and_params(backend, toy_data, pipeline):
     import d2lft
-    from d2lft._memory import rss_bytes
+    from d2lft._sys.memory import rss_bytes
+
     net = d2lft.build_finetune_net(pretrained=False)
     lr = 0.01 if backend == "mxnet" else 1e-4
-    kw = dict(data_dir=toy_data, image_size=32, seed=0, verbose=False, pipeline=pipeline,
-              precision="fp32")
+    kw = dict(
+        data_dir=toy_data,
+        image_size=32,
+        seed=0,
+        run=d2lft.RunSpec(verbose=False),
+        pipeline=d2lft.FastPipeline(precision="fp32") if pipeline == "fast" else "book",
+    )
     d2lft.train_fine_tuning(net, lr, 16, 1, **kw)  # warm: caches, allocator pools
     done = hold_a_block_once(backend, net)
     before = rss_bytes() / 2**20
@@ -399,7 +465,9 @@ def test_training_records_memory_and_params(backend, toy_data, pipeline):
 
 def test_host_peak_sees_a_block_freed_before_it_stops():
     import time
-    from d2lft._memory import HostPeak, rss_bytes
+
+    from d2lft._sys.memory import HostPeak, rss_bytes
+
     base = rss_bytes() / 2**20
     with HostPeak() as peak:
         block = np.ones(BLOCK_MB * 2**20, dtype=np.uint8)
@@ -411,24 +479,37 @@ def test_host_peak_sees_a_block_freed_before_it_stops():
 
 
 def test_option_errors(backend, toy_data):
+    """Options are checked when they are built; combinations that make no sense
+    cannot be written down (an option of another pipeline is a TypeError)."""
     import d2lft
+
     net = d2lft.build_finetune_net(pretrained=False)
-    kw = dict(data_dir=toy_data, image_size=16, verbose=False)
+    kw = dict(data_dir=toy_data, image_size=16, run=d2lft.RunSpec(verbose=False))
     with pytest.raises(ValueError, match="pipeline must be one of"):
-        d2lft.train_fine_tuning(net, 0.01, pipeline="turbo", **kw)
+        d2lft.train_fine_tuning(net, 0.01, **kw, pipeline="turbo")
+    with pytest.raises(TypeError, match="pipeline must be"):
+        d2lft.train_fine_tuning(net, 0.01, **kw, pipeline=3)
     with pytest.raises(ValueError, match="precision must be one of"):
-        d2lft.train_fine_tuning(net, 0.01, pipeline="fast", precision="fp8", **kw)
-    with pytest.raises(ValueError, match="needs pipeline='fast'"):
-        d2lft.train_fine_tuning(net, 0.01, precision="bf16", **kw)
-    with pytest.raises(ValueError, match="feature_passes"):
-        d2lft.train_fine_tuning(net, 0.01, freeze=True, feature_passes=0, **kw)
-    with pytest.raises(ValueError, match="deterministic"):
-        d2lft.train_fine_tuning(net, 0.01, pipeline="fast", deterministic=True, **kw)
+        d2lft.FastPipeline(precision="fp8")
+    with pytest.raises(TypeError, match="precision"):
+        d2lft.BookLoop(precision="bf16")  # the book's loop is fp32: no such option
+    with pytest.raises(ValueError, match="feature_passes must be an integer >= 1"):
+        d2lft.FastPipeline(freeze=True, feature_passes=0)
+    with pytest.raises(ValueError, match="needs freeze=True"):
+        d2lft.FastPipeline(feature_passes=2)
+    with pytest.raises(TypeError, match="freeze"):
+        d2lft.FixedBatches(freeze=True)  # fixed batches train every layer
+    with pytest.raises(ValueError, match="workers must be"):
+        d2lft.BookLoop(workers=-1)
+    with pytest.raises(ValueError, match="resume=True continues from checkpoint_dir"):
+        d2lft.RunSpec(resume=True)
+    with pytest.raises(ValueError, match="given twice"):
+        d2lft.train_fine_tuning(net, 0.01, data_dir=toy_data, seed=1, run=d2lft.RunSpec(seed=2))
     if backend == "mxnet":
         with pytest.raises(ValueError, match="fp32"):
-            d2lft.train_fine_tuning(net, 0.01, pipeline="fast", precision="bf16", **kw)
+            d2lft.train_fine_tuning(net, 0.01, **kw, pipeline=d2lft.FastPipeline(precision="bf16"))
         with pytest.raises(ValueError, match="torch.compile"):
-            d2lft.train_fine_tuning(net, 0.01, pipeline="fast", compile=True, **kw)
+            d2lft.train_fine_tuning(net, 0.01, **kw, pipeline=d2lft.FastPipeline(compile=True))
 
 
 @pytest.mark.parametrize("units", [True, False])
@@ -436,15 +517,18 @@ def test_precision_auto_follows_hardware(monkeypatch, tmp_path, units):
     """The hardware probe patched both ways (torch's CPU queries and /proc/cpuinfo):
     'auto' picks bf16 exactly where the CPU has bf16 units; explicit choices stand."""
     torch = pytest.importorskip("torch")
-    from d2lft.backends.torch import fast
+    from d2lft.backends.torch import runtime as fast
+
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("flags\t\t: fpu sse avx512f" + (" amx_bf16" if units else "") + "\n")
     real_open = open
-    monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(
-        cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k),
+    )
     assert fast.cpu_has_bf16() is units
     assert fast.resolve_precision("auto", "cpu") == ("bf16" if units else "fp32")
     assert fast.resolve_precision("fp32", "cpu") == "fp32"
@@ -475,27 +559,38 @@ def precisions(backend):
     return ["fp32", "bf16"] if bf16_runs_on_this_cpu() else ["fp32"]
 
 
-@pytest.mark.parametrize("backend,precision", [("torch", "fp32"), ("torch", "bf16"),
-                                               ("mxnet", "fp32")])
+@pytest.mark.parametrize(
+    "backend,precision", [("torch", "fp32"), ("torch", "bf16"), ("mxnet", "fp32")]
+)
 def test_fast_resume_continues_exactly(backend, toy_data, tmp_path, precision):
     """Per-epoch random streams: a run resumed from its epoch-1 checkpoint ends with
     exactly the parameters of the uninterrupted run (bf16 too, wherever torch runs it
     on this CPU, whether or not `precision='auto'` would pick it)."""
     import d2lft
     from d2lft import parity
+
     if precision not in precisions(backend):
         pytest.skip(f"torch cannot run {precision} on this CPU")
     d2lft.use(backend)
     lr = 0.01 if backend == "mxnet" else 1e-4
-    kw = dict(data_dir=toy_data, image_size=16, seed=5, verbose=False, pipeline="fast",
-              precision=precision)
+    kw = dict(
+        data_dir=toy_data, image_size=16, seed=5, pipeline=d2lft.FastPipeline(precision=precision)
+    )
     full_net = d2lft.build_finetune_net(pretrained=False, seed=0)
     full = d2lft.train_fine_tuning(full_net, lr, 16, 2, **kw)
-    d2lft.train_fine_tuning(d2lft.build_finetune_net(pretrained=False, seed=0), lr, 16, 1,
-                            checkpoint_dir=tmp_path / "ck", **kw)
+    d2lft.train_fine_tuning(
+        d2lft.build_finetune_net(pretrained=False, seed=0),
+        lr,
+        16,
+        1,
+        **kw,
+        run=d2lft.RunSpec(checkpoint_dir=tmp_path / "ck"),
+    )
     net = d2lft.build_finetune_net(pretrained=False, seed=1)  # overwritten by the resume
-    resumed = d2lft.train_fine_tuning(net, lr, 16, 2, resume=tmp_path / "ck", **kw)
-    assert resumed.epochs == 2 and full.config["precision"] == precision
+    resumed = d2lft.train_fine_tuning(
+        net, lr, 16, 2, **kw, run=d2lft.RunSpec(resume=tmp_path / "ck")
+    )
+    assert resumed.epochs == 2 and full.config["precision_used"] == precision
     assert resumed.train_loss == full.train_loss and resumed.test_acc == full.test_acc
     a, b = parity.state_arrays(net), parity.state_arrays(full_net)
     assert all(np.isfinite(v).all() for v in a.values())
@@ -511,7 +606,8 @@ def test_bf16_run_is_finite_and_repeatable(toy_data):
     change by weight decay alone, exactly as in fp32."""
     torch = pytest.importorskip("torch")
     import d2lft
-    from d2lft.backends.torch.fast import bf16_unsafe_convs
+    from d2lft.backends.torch.runtime import bf16_unsafe_convs
+
     if not bf16_runs_on_this_cpu():
         pytest.skip("torch cannot run bf16 on this CPU")
     with d2lft.using("torch"):
@@ -519,11 +615,21 @@ def test_bf16_run_is_finite_and_repeatable(toy_data):
         for _ in range(2):
             net = d2lft.build_finetune_net(pretrained=False, seed=0)
             w0 = net.layer4[0].conv1.weight.detach().clone()
-            hs.append(d2lft.train_fine_tuning(net, 1e-4, 16, 2, data_dir=toy_data,
-                                              image_size=16, seed=5, verbose=False,
-                                              pipeline="fast", precision="bf16"))
+            hs.append(
+                d2lft.train_fine_tuning(
+                    net,
+                    0.0001,
+                    16,
+                    2,
+                    data_dir=toy_data,
+                    image_size=16,
+                    seed=5,
+                    pipeline=d2lft.FastPipeline(precision="bf16"),
+                    run=d2lft.RunSpec(verbose=False),
+                )
+            )
             nets.append(net)
-    assert hs[0].config["precision"] == "bf16"
+    assert hs[0].config["precision_used"] == "bf16"
     assert "layer4.0.conv1" in hs[0].config["bf16_fp32_layers"]
     assert [n for n, _ in bf16_unsafe_convs(nets[0], 224)] == []  # the chapter's size
     a, b = (dict(n.state_dict()) for n in nets)
@@ -546,7 +652,9 @@ def test_bf16_guard_makes_padding_only_taps_exact():
     where `python scripts/bf16_conv_check.py` reports failures)."""
     torch = pytest.importorskip("torch")
     from torch import nn
-    from d2lft.backends.torch.fast import bf16_guard
+
+    from d2lft.backends.torch.runtime import bf16_guard
+
     if not bf16_runs_on_this_cpu():
         pytest.skip("torch cannot run bf16 on this CPU")
     torch.manual_seed(0)

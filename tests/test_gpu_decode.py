@@ -1,28 +1,35 @@
 """The torch fast path's batch decoder (nvJPEG on CUDA), run here through the same code
 on the CPU: same images as the PIL decoder up to rounding, every other file left to the
 PIL path, bad files named, and the decode cache keeps its stores apart."""
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from d2lft import decode_cache  # noqa: E402
 from d2lft.backends.torch import gpu_decode  # noqa: E402
-from d2lft.data import BadImageError  # noqa: E402
+from d2lft.data import BadImageError, decode_cache  # noqa: E402
 
 
 def photo(rng, h, w):
     """A smooth image with some texture (JPEG-friendly, like a photo)."""
     y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([128 + 100 * np.sin(x / 7.0), 128 + 100 * np.cos(y / 9.0),
-                     128 + 60 * np.sin((x + y) / 11.0)], axis=-1)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(x / 7.0),
+            128 + 100 * np.cos(y / 9.0),
+            128 + 60 * np.sin((x + y) / 11.0),
+        ],
+        axis=-1,
+    )
     return np.clip(base + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture
 def files(tmp_path):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     out = {}
     for name, (h, w) in {"small": (40, 60), "large": (150, 100), "wide": (90, 240)}.items():
@@ -40,7 +47,7 @@ def files(tmp_path):
 def test_decodes_like_pil(files):
     names = list(files)
     got = gpu_decode.decode_batch([files[n] for n in names], max_short=64, device="cpu")
-    for name, (arr, orig) in zip(names, got):
+    for name, (arr, orig) in zip(names, got, strict=False):
         want, want_orig = decode_cache.decode_rgb(files[name], 64)
         assert orig == want_orig, name
         assert arr.dtype == np.uint8 and arr.shape == want.shape, name
@@ -51,7 +58,8 @@ def test_decodes_like_pil(files):
 
 def test_short_side_bound_and_unresized_images(files):
     (large, orig), (small, sorig) = gpu_decode.decode_batch(
-        [files["large"], files["small"]], max_short=64, device="cpu")
+        [files["large"], files["small"]], max_short=64, device="cpu"
+    )
     assert orig == (150, 100) and large.shape == (96, 64, 3)
     assert sorig == (40, 60) and small.shape == (40, 60, 3)
     want, _ = decode_cache.decode_rgb(files["small"])
@@ -59,7 +67,7 @@ def test_short_side_bound_and_unresized_images(files):
 
 
 def test_grayscale_jpeg_becomes_rgb(files):
-    (arr, orig), = gpu_decode.decode_batch([files["gray"]], device="cpu")
+    ((arr, orig),) = gpu_decode.decode_batch([files["gray"]], device="cpu")
     assert arr.shape == (70, 50, 3) and orig == (70, 50)
     assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
 
@@ -73,6 +81,7 @@ def test_only_plain_jpegs_go_to_the_device(files, monkeypatch):
         if data is not None:
             seen.append(str(path))
         return data, hw
+
     monkeypatch.setattr(gpu_decode, "_read", spy)
     gpu_decode.decode_batch(list(files.values()), device="cpu")
     assert sorted(seen) == sorted(str(files[n]) for n in ("small", "large", "wide", "gray"))
@@ -91,6 +100,7 @@ def test_truncated_and_fake_files_are_named(files, tmp_path):
 
 def test_a_batch_that_fails_is_decoded_one_by_one(files, monkeypatch):
     from torchvision import io
+
     real = io.decode_jpeg
     calls = []
 
@@ -99,6 +109,7 @@ def test_a_batch_that_fails_is_decoded_one_by_one(files, monkeypatch):
         if isinstance(data, list):
             raise RuntimeError("simulated nvJPEG batch failure")
         return real(data, **kw)
+
     monkeypatch.setattr(io, "decode_jpeg", flaky)
     got = gpu_decode.decode_batch([files["small"], files["wide"]], device="cpu")
     assert calls == ["list", "Tensor", "Tensor"]
@@ -118,15 +129,15 @@ def test_train_store_with_a_decoder_is_cached_apart(files):
     def dec(paths, max_short):
         calls.append(len(paths))
         return gpu_decode.decode_batch(paths, max_short, device="cpu")
+
     dec.kind = "test-decoder"
     cache = decode_cache.DecodeCache(memory_mb=64)
     paths = [files["small"], files["large"], files["png"]]
-    a = cache.load(paths, "train-rgb-short64-test-decoder", None,
-                   batch_fn=lambda ps: dec(ps, 64))
-    b = cache.load(paths, "train-rgb-short64-test-decoder", None,
-                   batch_fn=lambda ps: dec(ps, 64))
+    a = cache.load(paths, "train-rgb-short64-test-decoder", None, batch_fn=lambda ps: dec(ps, 64))
+    b = cache.load(paths, "train-rgb-short64-test-decoder", None, batch_fn=lambda ps: dec(ps, 64))
     assert a is b and calls == [3]  # decoded once, then from memory
-    import d2lft.decode_cache as dc
+    import d2lft.data.decode_cache as dc
+
     saved = dc._MEMORY
     dc._MEMORY = decode_cache.DecodeCache(memory_mb=64)
     try:

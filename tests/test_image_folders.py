@@ -1,5 +1,6 @@
 """Image folders in both backends: odd image modes, suffixes, bad files, tiny images,
 empty and single-class folders. All images are generated here, a few pixels each."""
+
 from __future__ import annotations
 
 import pathlib
@@ -7,13 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import make_image_folder
 from PIL import Image
 
 import d2lft
-from d2lft import _backend
-from d2lft.data import BadImageError, DataLayoutError, IMAGE_SUFFIXES
-
-from conftest import make_image_folder
+from d2lft.backends import _registry as _backend
+from d2lft.data import IMAGE_SUFFIXES, BadImageError, DataLayoutError
 
 
 def _both():
@@ -42,27 +42,47 @@ def _save16_rgb_png(path, value):
 
 # Each case: (file name, writer(path), expected RGB of every pixel)
 MODE_CASES = [
-    ("rgb.jpg", lambda p: Image.new("RGB", (5, 6), (200, 100, 50)).save(p, quality=100),
-     None),  # JPEG: compared across backends only
+    (
+        "rgb.jpg",
+        lambda p: Image.new("RGB", (5, 6), (200, 100, 50)).save(p, quality=100),
+        None,
+    ),  # JPEG: compared across backends only
     ("gray.png", lambda p: Image.new("L", (5, 6), 77).save(p), (77, 77, 77)),
     ("gray_alpha.png", lambda p: Image.new("LA", (5, 6), (90, 0)).save(p), (90, 90, 90)),
     ("rgba.png", lambda p: Image.new("RGBA", (5, 6), (10, 20, 30, 0)).save(p), (10, 20, 30)),
-    ("palette.png", lambda p: Image.new("RGB", (5, 6), (204, 102, 51)).convert(
-        "P", palette=Image.Palette.ADAPTIVE).save(p), (204, 102, 51)),
-    ("palette_transparent.gif", lambda p: Image.new("P", (5, 6), 0).save(
-        p, transparency=0), None),
+    (
+        "palette.png",
+        lambda p: (
+            Image.new("RGB", (5, 6), (204, 102, 51))
+            .convert("P", palette=Image.Palette.ADAPTIVE)
+            .save(p)
+        ),
+        (204, 102, 51),
+    ),
+    ("palette_transparent.gif", lambda p: Image.new("P", (5, 6), 0).save(p, transparency=0), None),
     ("bilevel.png", lambda p: Image.new("1", (5, 6), 1).save(p), (255, 255, 255)),
-    ("cmyk.jpg", lambda p: Image.new("CMYK", (5, 6), (0, 0, 0, 0)).save(p, quality=100),
-     (255, 255, 255)),
-    ("gray16.png", lambda p: Image.fromarray(np.full((6, 5), 0x8000, np.uint16)).save(p),
-     (128, 128, 128)),  # PIL's own convert('RGB') would clip this to 255 (white)
-    ("gray16.tif", lambda p: Image.fromarray(np.full((6, 5), 0x4000, np.uint16)).save(p),
-     (64, 64, 64)),
+    (
+        "cmyk.jpg",
+        lambda p: Image.new("CMYK", (5, 6), (0, 0, 0, 0)).save(p, quality=100),
+        (255, 255, 255),
+    ),
+    (
+        "gray16.png",
+        lambda p: Image.fromarray(np.full((6, 5), 0x8000, np.uint16)).save(p),
+        (128, 128, 128),
+    ),  # PIL's own convert('RGB') would clip this to 255 (white)
+    (
+        "gray16.tif",
+        lambda p: Image.fromarray(np.full((6, 5), 0x4000, np.uint16)).save(p),
+        (64, 64, 64),
+    ),
     ("rgb16.png", lambda p: _save16_rgb_png(p, (0x1000, 0x8000, 0xFF00)), (255, 128, 16)),
-    ("float.tif", lambda p: Image.fromarray(np.full((6, 5), 0.5, np.float32)).save(p),
-     (128, 128, 128)),
-    ("rgb.webp", lambda p: Image.new("RGB", (5, 6), (1, 2, 3)).save(p, lossless=True),
-     (1, 2, 3)),
+    (
+        "float.tif",
+        lambda p: Image.fromarray(np.full((6, 5), 0.5, np.float32)).save(p),
+        (128, 128, 128),
+    ),
+    ("rgb.webp", lambda p: Image.new("RGB", (5, 6), (1, 2, 3)).save(p, lossless=True), (1, 2, 3)),
     ("rgb.bmp", lambda p: Image.new("RGB", (5, 6), (4, 5, 6)).save(p), (4, 5, 6)),
     ("rgb.ppm", lambda p: Image.new("RGB", (5, 6), (7, 8, 9)).save(p), (7, 8, 9)),
     ("gray.pgm", lambda p: Image.new("L", (5, 6), 33).save(p), (33, 33, 33)),
@@ -114,8 +134,14 @@ def test_suffixes_hidden_files_and_subfolders_are_listed_alike(tmp_path):
     t_ds, m_ds = torch_b.image_folder(root), mx_b.image_folder(root)
     assert t_ds.classes == m_ds.synsets == ["cat", "dog"]
     names = [pathlib.Path(p).relative_to(root).as_posix() for p, _ in samples(t_ds)]
-    assert names == ["cat/0.JPG", "cat/1.gif", "cat/nested/2.png",
-                     "dog/0.JPG", "dog/1.gif", "dog/nested/2.png"]
+    assert names == [
+        "cat/0.JPG",
+        "cat/1.gif",
+        "cat/nested/2.png",
+        "dog/0.JPG",
+        "dog/1.gif",
+        "dog/nested/2.png",
+    ]
     assert samples(t_ds) == samples(m_ds)
     assert {".jpg", ".png", ".gif", ".webp", ".bmp", ".tif"} <= set(IMAGE_SUFFIXES)
 
@@ -154,7 +180,8 @@ def test_truncated_image_is_an_error_naming_the_file_when_read(bad_folder, backe
     _dataset_with_only(bad_folder, {"3_truncated.jpg"})
     ds = d2lft.image_folder(bad_folder, d2lft.test_augs(16))  # the header is fine
     index = [p for p, _ in samples(getattr(ds, "_data", ds))].index(
-        str(bad_folder / "hotdog" / "3_truncated.jpg"))
+        str(bad_folder / "hotdog" / "3_truncated.jpg")
+    )
     ds[0]  # good images still load
     with pytest.raises(BadImageError) as err:
         ds[index]
@@ -177,6 +204,7 @@ def test_skip_bad_leaves_unreadable_files_out_with_a_warning(bad_folder, backend
 def test_skip_bad_through_load_hotdog(bad_folder, backend, monkeypatch, tmp_path):
     import io
     import zipfile
+
     buf = io.BytesIO()
     root = bad_folder.parent
     with zipfile.ZipFile(buf, "w") as zf:
@@ -186,6 +214,7 @@ def test_skip_bad_through_load_hotdog(bad_folder, backend, monkeypatch, tmp_path
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "hotdog.zip").write_bytes(buf.getvalue())  # placed by hand
     import hashlib
+
     digest = hashlib.sha1(buf.getvalue()).hexdigest()
     kw = dict(url="http://127.0.0.1:1/hotdog.zip", sha1=digest)
     with pytest.raises(BadImageError):
@@ -235,23 +264,37 @@ def test_split_folder_without_class_folders(tmp_path, backend):
 
 
 def test_single_class_dataset_works_but_training_needs_two(tmp_path, backend):
-    root = make_image_folder(tmp_path / "d", n_train=3, n_test=2, size=(8, 8),
-                             classes=("only",))
+    root = make_image_folder(tmp_path / "d", n_train=3, n_test=2, size=(8, 8), classes=("only",))
     ds = d2lft.image_folder(root / "train")
     assert len(ds) == 3 and {y for _, y in samples(ds)} == {0}
     net = d2lft.build_scratch_net()
     with pytest.raises(DataLayoutError, match="at least 2 classes"):
-        d2lft.train_fine_tuning(net, 0.01, batch_size=2, num_epochs=1, data_dir=root,
-                                image_size=16, verbose=False)
+        d2lft.train_fine_tuning(
+            net,
+            0.01,
+            batch_size=2,
+            num_epochs=1,
+            data_dir=root,
+            image_size=16,
+            run=d2lft.RunSpec(verbose=False),
+        )
 
 
 def test_more_classes_than_the_head_has_outputs(tmp_path, backend):
-    root = make_image_folder(tmp_path / "d", n_train=2, n_test=1, size=(8, 8),
-                             classes=("a", "b", "c"))
+    root = make_image_folder(
+        tmp_path / "d", n_train=2, n_test=1, size=(8, 8), classes=("a", "b", "c")
+    )
     net = d2lft.build_scratch_net(num_classes=2)
     with pytest.raises(ValueError, match="num_classes=3"):
-        d2lft.train_fine_tuning(net, 0.01, batch_size=2, num_epochs=1, data_dir=root,
-                                image_size=16, verbose=False)
+        d2lft.train_fine_tuning(
+            net,
+            0.01,
+            batch_size=2,
+            num_epochs=1,
+            data_dir=root,
+            image_size=16,
+            run=d2lft.RunSpec(verbose=False),
+        )
 
 
 def test_odd_modes_train_through_the_loaders(tmp_path, backend):
@@ -263,8 +306,9 @@ def test_odd_modes_train_through_the_loaders(tmp_path, backend):
         Image.fromarray(np.full((9, 7), 40000, np.uint16)).save(root / split / "hotdog" / "g.png")
         Image.new("CMYK", (7, 9), (0, 50, 0, 0)).save(root / split / "not-hotdog" / "c.jpg")
         Image.new("P", (7, 9), 3).save(root / split / "not-hotdog" / "p.gif")
-    train_iter, test_iter = backend_pkg.make_loaders(root, batch_size=4, image_size=16,
-                                                     num_workers=0)
+    train_iter, test_iter = backend_pkg.make_loaders(
+        root, batch_size=4, image_size=16, num_workers=0
+    )
     for it, n in ((train_iter, 7), (test_iter, 5)):
         shapes = [tuple(X.shape) for X, _ in it]
         assert [s[0] for s in shapes] == [4, n - 4]

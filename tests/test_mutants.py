@@ -1,6 +1,7 @@
 """scripts/mutants.py (the mutation audit) stays runnable: every mutant's text is found
 exactly once in today's sources, and each names tests that exist. Running the mutants
 takes minutes: `python scripts/mutants.py`."""
+
 from __future__ import annotations
 
 import importlib.util

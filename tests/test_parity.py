@@ -1,15 +1,15 @@
 """Identical computation in both engines: same weights and inputs give the same
 logits, the same SGD step (under d2lft.equivalent_sgd) and the same loss curve;
 BatchNorm's running statistics differ only by the documented conventions."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_image_folder
 
 import d2lft
 from d2lft import parity
-
-from conftest import make_image_folder
 
 ARCHS = ("resnet18_v1", "resnet18_v2")
 DIRECTIONS = (("torch", "mxnet"), ("mxnet", "torch"))
@@ -22,6 +22,7 @@ def _build(backend, arch):
         net = d2lft.build_finetune_net(pretrained=False, arch=arch)
     if backend == "mxnet":
         import mxnet as mx
+
         net(mx.nd.zeros((1, 3, 32, 32)))
     return net
 
@@ -31,6 +32,7 @@ def _pair(arch, src, dst, tmp_path, seed=0):
     moved through d2lft's portable file."""
     import mxnet as mx
     import torch
+
     torch.manual_seed(seed)  # a fixed start: runs repeat exactly
     mx.random.seed(seed)
     a = _build(src, arch)
@@ -45,8 +47,9 @@ def _pair(arch, src, dst, tmp_path, seed=0):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """4 training images (one batch of 4) and 2 test images."""
-    return make_image_folder(tmp_path_factory.mktemp("parity") / "d", n_train=2, n_test=1,
-                             size=(40, 48))
+    return make_image_folder(
+        tmp_path_factory.mktemp("parity") / "d", n_train=2, n_test=1, size=(40, 48)
+    )
 
 
 # ---------------------------------------------------------------- logits
@@ -72,19 +75,37 @@ def _one_step(tnet, mnet, X, y, lr_t, wd_t, dtype, batch_size=None):
     """One step of each backend's train_fine_tuning on batch (X, y) in `dtype`; the
     runs are told `batch_size` (default len(y)): a larger one makes (X, y) a smaller
     last batch, as the book's loaders give at the end of an epoch."""
-    import mxnet as mx
     import torch
-    from d2lft.backends.mxnet import train as mtrain
-    from d2lft.backends.torch import train as ttrain
+
     B = batch_size or len(y)
     tnet.to(getattr(torch, dtype))
     mnet.cast(dtype)
-    ht = ttrain.train_fine_tuning(
-        tnet, lr_t, B, 1, data_dir=None, verbose=False, weight_decay=wd_t, test_iter=[],
-        train_iter=[(torch.from_numpy(X.astype(dtype)), torch.from_numpy(y))])
-    hm = mtrain.train_fine_tuning(
-        mnet, LR, B, 1, data_dir=None, verbose=False, weight_decay=WD, test_iter=[],
-        train_iter=[(mx.nd.array(X, dtype=dtype), mx.nd.array(y, dtype=dtype))])
+    return _train_both(tnet, mnet, X, y, dtype, 1, B, (lr_t, wd_t), (LR, WD))
+
+
+def _train_both(tnet, mnet, X, y, dtype, epochs, B, torch_sgd, mxnet_sgd):
+    """Both backends' book loop (`d2lft.train_on_batches`) for `epochs` on one batch."""
+    import mxnet as mx
+    import torch
+
+    with d2lft.using("torch"):
+        ht = d2lft.train_on_batches(
+            tnet,
+            torch_sgd[0],
+            [(torch.from_numpy(X.astype(dtype)), torch.from_numpy(y))],
+            batch_size=B,
+            num_epochs=epochs,
+            run=d2lft.RunSpec(verbose=False, weight_decay=torch_sgd[1]),
+        )
+    with d2lft.using("mxnet"):
+        hm = d2lft.train_on_batches(
+            mnet,
+            mxnet_sgd[0],
+            [(mx.nd.array(X, dtype=dtype), mx.nd.array(y, dtype=dtype))],
+            batch_size=B,
+            num_epochs=epochs,
+            run=d2lft.RunSpec(verbose=False, weight_decay=mxnet_sgd[1]),
+        )
     return ht, hm
 
 
@@ -101,8 +122,9 @@ def test_one_sgd_step_agrees_under_equivalent_sgd(arch, src, dst, tmp_path):
     X, y = _batch()
     tnet, mnet = _pair(arch, src, dst, tmp_path)
     before = parity.state_arrays(mnet)
-    lr_t, wd_t = d2lft.equivalent_sgd(LR, WD, batch_size=len(y), from_backend="mxnet",
-                                      to_backend="torch")
+    lr_t, wd_t = d2lft.equivalent_sgd(
+        LR, WD, batch_size=len(y), from_backend="mxnet", to_backend="torch"
+    )
     ht, hm = _one_step(tnet, mnet, X, y, lr_t, wd_t, "float64")
     after_t, after_m = parity.state_arrays(tnet), parity.state_arrays(mnet)
     worst, name = parity.worst_difference(after_t, after_m)
@@ -118,8 +140,9 @@ def test_a_smaller_last_batch_agrees_under_its_own_size(tmp_path):
     equivalent_sgd(batch_size=3), not 4."""
     X, y = _batch(B=3)
     tnet, mnet = _pair("resnet18_v1", "torch", "mxnet", tmp_path)
-    lr_t, wd_t = d2lft.equivalent_sgd(LR, WD, batch_size=3, from_backend="mxnet",
-                                      to_backend="torch")
+    lr_t, wd_t = d2lft.equivalent_sgd(
+        LR, WD, batch_size=3, from_backend="mxnet", to_backend="torch"
+    )
     _one_step(tnet, mnet, X, y, lr_t, wd_t, "float64", batch_size=4)
     worst, name = parity.worst_difference(parity.state_arrays(tnet), parity.state_arrays(mnet))
     assert worst < 1e-5, (worst, name)
@@ -137,16 +160,18 @@ def test_learning_rate_alone_is_not_equivalent(tmp_path):
 
 
 def test_equivalent_sgd_values():
-    lr, wd = d2lft.equivalent_sgd(0.01, 0.001, batch_size=128, from_backend="mxnet",
-                                  to_backend="torch")
+    lr, wd = d2lft.equivalent_sgd(
+        0.01, 0.001, batch_size=128, from_backend="mxnet", to_backend="torch"
+    )
     assert lr == pytest.approx(0.01 / 128) and wd == pytest.approx(0.128)
-    back = d2lft.equivalent_sgd(lr, wd, batch_size=128, from_backend="torch",
-                                to_backend="mxnet")
+    back = d2lft.equivalent_sgd(lr, wd, batch_size=128, from_backend="torch", to_backend="mxnet")
     assert back == pytest.approx((0.01, 0.001))
-    assert d2lft.equivalent_sgd(0.5, 0.1, batch_size=8, from_backend="torch",
-                                to_backend="torch") == (0.5, 0.1)
-    assert d2lft.equivalent_lr(0.01, batch_size=128, from_backend="mxnet",
-                               to_backend="torch") == pytest.approx(0.01 / 128)
+    assert d2lft.equivalent_sgd(
+        0.5, 0.1, batch_size=8, from_backend="torch", to_backend="torch"
+    ) == (0.5, 0.1)
+    assert d2lft.equivalent_lr(
+        0.01, batch_size=128, from_backend="mxnet", to_backend="torch"
+    ) == pytest.approx(0.01 / 128)
     with pytest.raises(ValueError, match="jax"):
         d2lft.equivalent_sgd(0.1, batch_size=2, from_backend="jax", to_backend="torch")
     with pytest.raises(ValueError, match="weight_decay"):
@@ -161,27 +186,21 @@ def test_equivalent_sgd_values():
 def _steps(tnet, mnet, batch, steps, lr, dtype):
     """`steps` steps of each backend's train_fine_tuning on one fixed batch (one
     epoch each, so History.train_loss is the per-step loss)."""
-    import mxnet as mx
     import torch
-    from d2lft.backends.mxnet import train as mtrain
-    from d2lft.backends.torch import train as ttrain
+
     X, y = batch
     B = len(y)
-    lr_t, wd_t = d2lft.equivalent_sgd(lr, WD, batch_size=B, from_backend="mxnet",
-                                      to_backend="torch")
+    lr_t, wd_t = d2lft.equivalent_sgd(
+        lr, WD, batch_size=B, from_backend="mxnet", to_backend="torch"
+    )
     tnet.to(getattr(torch, dtype))
     mnet.cast(dtype)
-    ht = ttrain.train_fine_tuning(
-        tnet, lr_t, B, steps, data_dir=None, verbose=False, weight_decay=wd_t, test_iter=[],
-        train_iter=[(torch.from_numpy(X.astype(dtype)), torch.from_numpy(y))])
-    hm = mtrain.train_fine_tuning(
-        mnet, lr, B, steps, data_dir=None, verbose=False, weight_decay=WD, test_iter=[],
-        train_iter=[(mx.nd.array(X, dtype=dtype), mx.nd.array(y, dtype=dtype))])
-    return ht, hm
+    return _train_both(tnet, mnet, X, y, dtype, steps, B, (lr_t, wd_t), (lr, WD))
 
 
-@pytest.mark.parametrize("arch,src,dst", [("resnet18_v1", "mxnet", "torch"),
-                                          ("resnet18_v2", "torch", "mxnet")])
+@pytest.mark.parametrize(
+    "arch,src,dst", [("resnet18_v1", "mxnet", "torch"), ("resnet18_v2", "torch", "mxnet")]
+)
 def test_loss_trajectories_agree_step_by_step(arch, src, dst, tmp_path):
     """Four steps in float64 (lr 0.001: on 4 random images the chapter's 0.01 makes
     the loss jump about, which amplifies any rounding step after step): the
@@ -198,6 +217,7 @@ def _noise_folder(root, n_per_class, size=(40, 48), seed=0):
     """Images of uniform noise: unlike the two-colour toy set, a batch's images
     differ, so BatchNorm's batch statistics stay well conditioned."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_per_class), ("test", 1)):
         for c in ("hotdog", "not-hotdog"):
@@ -205,12 +225,14 @@ def _noise_folder(root, n_per_class, size=(40, 48), seed=0):
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
-                    d / f"{i}.png")
+                    d / f"{i}.png"
+                )
     return root
 
 
-@pytest.mark.parametrize("arch,src,dst", [("resnet18_v1", "torch", "mxnet"),
-                                          ("resnet18_v2", "mxnet", "torch")])
+@pytest.mark.parametrize(
+    "arch,src,dst", [("resnet18_v1", "torch", "mxnet"), ("resnet18_v2", "mxnet", "torch")]
+)
 def test_deterministic_runs_agree(arch, src, dst, tmp_path):
     """float32 and the public API: train_fine_tuning(deterministic=True) in both
     backends from the same weights, one batch of 4 per epoch. float32 rounding
@@ -219,14 +241,31 @@ def test_deterministic_runs_agree(arch, src, dst, tmp_path):
     data = _noise_folder(tmp_path / "noise", 4, size=(72, 80))
     tnet, mnet = _pair(arch, src, dst, tmp_path)
     steps, B, lr = 3, 8, 0.001
-    lr_t, wd_t = d2lft.equivalent_sgd(lr, WD, batch_size=B, from_backend="mxnet",
-                                      to_backend="torch")
+    lr_t, wd_t = d2lft.equivalent_sgd(
+        lr, WD, batch_size=B, from_backend="mxnet", to_backend="torch"
+    )
     with d2lft.using("torch"):
-        ht = d2lft.train_fine_tuning(tnet, lr_t, B, steps, data_dir=data, image_size=64,
-                                     deterministic=True, weight_decay=wd_t, verbose=False)
+        ht = d2lft.train_fine_tuning(
+            tnet,
+            lr_t,
+            B,
+            steps,
+            data_dir=data,
+            image_size=64,
+            pipeline=d2lft.FixedBatches(),
+            run=d2lft.RunSpec(weight_decay=wd_t, verbose=False),
+        )
     with d2lft.using("mxnet"):
-        hm = d2lft.train_fine_tuning(mnet, lr, B, steps, data_dir=data, image_size=64,
-                                     deterministic=True, verbose=False)
+        hm = d2lft.train_fine_tuning(
+            mnet,
+            lr,
+            B,
+            steps,
+            data_dir=data,
+            image_size=64,
+            pipeline=d2lft.FixedBatches(),
+            run=d2lft.RunSpec(verbose=False),
+        )
     assert ht.config["deterministic"] and hm.config["deterministic"]
     assert ht.config["weight_decay"] == pytest.approx(WD * B)
     np.testing.assert_allclose(ht.train_loss, hm.train_loss, rtol=1e-3, atol=1e-4)
@@ -240,15 +279,17 @@ def test_deterministic_runs_agree(arch, src, dst, tmp_path):
 
 
 def test_deterministic_batches_are_the_same_in_both_backends(tiny_data):
-    from d2lft.backends.mxnet.train import _to_nd
-    from d2lft.deterministic import fixed_loaders
     import torch
+
+    from d2lft.backends.mxnet.runtime import to_nd as _to_nd
+    from d2lft.data.fixed import fixed_loaders
+
     t_train, _ = fixed_loaders(tiny_data, 3, 32, seed=5, convert=torch.from_numpy)
     m_train, _ = fixed_loaders(tiny_data, 3, 32, seed=5, convert=_to_nd)
-    for epoch in range(2):
+    for _ in range(2):  # an epoch each
         tb, mb = list(t_train), list(m_train)
         assert [len(y) for _, y in tb] == [3, 1]
-        for (Xt, yt), (Xm, ym) in zip(tb, mb):
+        for (Xt, yt), (Xm, ym) in zip(tb, mb, strict=False):
             np.testing.assert_array_equal(Xt.numpy(), Xm.asnumpy())
             np.testing.assert_array_equal(yt.numpy(), ym.asnumpy())
     orders = [tuple(t_train.order(e)) for e in range(4)]
@@ -267,8 +308,9 @@ def test_batchnorm_running_statistics_conventions(arch, tmp_path):
     X, y = _batch(B=4, size=32)
     tnet, mnet = _pair(arch, "torch", "mxnet", tmp_path)
     before = {k: v.astype(np.float64) for k, v in parity.state_arrays(tnet).items()}
-    lr_t, wd_t = d2lft.equivalent_sgd(LR, WD, batch_size=4, from_backend="mxnet",
-                                      to_backend="torch")
+    lr_t, wd_t = d2lft.equivalent_sgd(
+        LR, WD, batch_size=4, from_backend="mxnet", to_backend="torch"
+    )
     _one_step(tnet, mnet, X, y, lr_t, wd_t, "float64")
     at, am = parity.state_arrays(tnet), parity.state_arrays(mnet)
     n = parity.bn_elements(arch, 32, 4)

@@ -1,10 +1,54 @@
-"""The MXNet/Gluon backend (the chapter's MXNet tab)."""
-NAME = "mxnet"
+"""The MXNet/Gluon backend (the chapter's MXNet tab): the functions of
+:class:`d2lft.backends.Backend`, from this package's modules."""
 
-from ._compat import import_mxnet  # noqa: E402
+from ._compat import import_mxnet
 
-import_mxnet()
+import_mxnet()  # before any module of this package imports mxnet: threads, numpy check
 
-from .data import image_folder, train_augs, test_augs, make_loaders  # noqa: E402,F401
-from .models import ARCHS, DEFAULT_ARCH, build_finetune_net, build_scratch_net, head  # noqa: E402,F401
-from .train import train_fine_tuning, all_devices, evaluate_accuracy  # noqa: E402,F401
+from .data import image_folder, make_loaders, test_augs, train_augs  # noqa: E402
+from .inference import head_arrays, predict_folder, predict_proba, set_head_rows  # noqa: E402
+from .models import (
+    ARCHS,
+    DEFAULT_ARCH,
+    build_finetune_net,
+    build_scratch_net,  # noqa: E402
+    head,
+    imagenet_classes,
+    num_outputs,
+)
+from .runners import evaluate_accuracy, make_runner  # noqa: E402
+from .runtime import (
+    all_devices,
+    resolve_precision,
+    seed_everything,  # noqa: E402
+    seed_framework,
+)
+from .weights import load_state_arrays, logits, read_native_weights, state_arrays  # noqa: E402
+
+__all__ = [
+    "ARCHS",
+    "DEFAULT_ARCH",
+    "all_devices",
+    "build_finetune_net",
+    "build_scratch_net",
+    "evaluate_accuracy",
+    "head",
+    "head_arrays",
+    "image_folder",
+    "imagenet_classes",
+    "load_state_arrays",
+    "logits",
+    "make_loaders",
+    "make_runner",
+    "num_outputs",
+    "predict_folder",
+    "predict_proba",
+    "read_native_weights",
+    "resolve_precision",
+    "seed_everything",
+    "seed_framework",
+    "set_head_rows",
+    "state_arrays",
+    "test_augs",
+    "train_augs",
+]

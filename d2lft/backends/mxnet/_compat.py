@@ -1,27 +1,31 @@
 """Importing MXNet 1.9.1 (and GluonCV) safely beside PyTorch 2.x and a new numpy."""
+
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
-MX_HINT = "pip install 'd2lft[mxnet]'  (mxnet==1.9.1 with numpy<1.24)"
+import numpy
+
+from ..._sys.threads import mxnet_threads_env
+
+MX_HINT = "pip install -e '.[mxnet]'  (mxnet==1.9.1 with numpy<1.24)"
 
 
 def import_mxnet():
     """Import mxnet with one OpenMP thread per physical core for MXNet (its own default
     is half the logical processors), keeping torch's CPU thread count as it was (see
-    `d2lft._threads`)."""
+    `d2lft._sys.threads`)."""
     if "mxnet" in sys.modules:
         return sys.modules["mxnet"]
-    import numpy
     major, minor = (int(x) for x in numpy.__version__.split(".")[:2])
     if (major, minor) >= (1, 24):
-        raise ImportError(f"MXNet 1.9.1 needs numpy<1.24 but numpy {numpy.__version__} is "
-                          f"installed: {MX_HINT}")
+        raise ImportError(
+            f"MXNet 1.9.1 needs numpy<1.24 but numpy {numpy.__version__} is installed: {MX_HINT}"
+        )
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
-    import os
-    from ..._threads import mxnet_threads_env
     os.environ.update(mxnet_threads_env())
     try:
         import mxnet
@@ -34,7 +38,9 @@ def import_mxnet():
 
 @contextlib.contextmanager
 def _hide_torch():
-    saved = {k: sys.modules[k] for k in list(sys.modules) if k == "torch" or k.startswith("torch.")}
+    saved = {
+        k: sys.modules[k] for k in list(sys.modules) if k == "torch" or k.startswith("torch.")
+    }
     for k in saved:
         del sys.modules[k]
     sys.modules["torch"] = None  # makes `import torch` raise ImportError
@@ -55,6 +61,7 @@ def import_gluoncv():
         return sys.modules["gluoncv"]
     import_mxnet()
     from PIL import ImageFile
+
     truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         with _hide_torch():
@@ -66,4 +73,3 @@ def import_gluoncv():
         # which would make truncated JPEGs load silently as grey: undo it
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated
     return gluoncv
-

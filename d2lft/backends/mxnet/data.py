@@ -1,4 +1,5 @@
 """Datasets, the chapter's augmentations and loaders, MXNet/Gluon side."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
-from ...data import MEAN, STD, list_images, load_rgb, test_resize
-
+from ...data.folders import list_images
+from ...data.images import MEAN, STD, load_rgb, test_resize
 
 
 class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
@@ -68,24 +69,29 @@ def normalize():
 
 def train_augs(image_size: int = 224):
     """RandomResizedCrop, RandomFlipLeftRight, ToTensor, ImageNet normalisation."""
-    return transforms.Compose([
-        RandomResizedCrop(image_size),
-        transforms.RandomFlipLeftRight(),
-        transforms.ToTensor(),
-        normalize()])
+    return transforms.Compose(
+        [
+            RandomResizedCrop(image_size),
+            transforms.RandomFlipLeftRight(),
+            transforms.ToTensor(),
+            normalize(),
+        ]
+    )
 
 
 def test_augs(image_size: int = 224):
     """Resize to image_size*256/224 square, CenterCrop, ToTensor, normalise."""
-    return transforms.Compose([
-        transforms.Resize(test_resize(image_size)),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        normalize()])
+    return transforms.Compose(
+        [
+            transforms.Resize(test_resize(image_size)),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            normalize(),
+        ]
+    )
 
 
-def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=None,
-                 shuffle=True):
+def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=None, shuffle=True):
     """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`.
 
     MXNet's loader uses numpy's and Python's global random state for shuffling and
@@ -94,7 +100,6 @@ def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=No
     num_workers = 0 if num_workers is None else num_workers
     train = image_folder(os.path.join(data_dir, "train"), train_augs(image_size))
     test = image_folder(os.path.join(data_dir, "test"), test_augs(image_size))
-    train_iter = gluon.data.DataLoader(train, batch_size, shuffle=shuffle,
-                                       num_workers=num_workers)
+    train_iter = gluon.data.DataLoader(train, batch_size, shuffle=shuffle, num_workers=num_workers)
     test_iter = gluon.data.DataLoader(test, batch_size, num_workers=num_workers)
     return train_iter, test_iter

@@ -1,11 +1,18 @@
 """The chapter's networks, MXNet side: Gluon model-zoo ResNet-18 with a new head."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 
 import mxnet as mx
 from mxnet import gluon, init
-from mxnet.gluon.model_zoo import vision
+from mxnet.gluon.model_zoo import model_store, vision
+
+from ...io import weights as portable
+from ...netinfo import NetInfo, attach
+from ._compat import import_gluoncv
+from .weights import load_state_arrays
 
 DEFAULT_ARCH = "resnet18_v2"
 ARCHS = ("resnet18_v1", "resnet18_v2", "resnet18")
@@ -29,6 +36,25 @@ def _check_classes(num_classes):
 def head(net):
     """The classifier layer that fine-tuning replaces (`output`)."""
     return getattr(net, HEAD)
+
+
+def num_outputs(net) -> int:
+    layer = head(net)
+    return int(getattr(layer, "_units", None) or layer.weight.shape[0])
+
+
+def head_lr_mult(net) -> float:
+    """The head's learning-rate multiplier (10 for a fine-tuning net, 1 from scratch)."""
+    return float(head(net).weight.lr_mult)
+
+
+def imagenet_classes():
+    """The 1000 ImageNet class names in the Gluon model zoo weights' order (GluonCV's
+    ILSVRC-2012 list; no download)."""
+    import_gluoncv()
+    from gluoncv.data.imagenet.classification import ImageNet1kAttr
+
+    return list(ImageNet1kAttr().classes)
 
 
 def named_params(block):
@@ -63,22 +89,22 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
             # root read now, not at import ($MXNET_HOME may be set after mxnet's import)
             src = vision.get_model(arch, pretrained=True, root=model_root())
         except Exception as err:
-            from mxnet.gluon.model_zoo import model_store
             raise RuntimeError(
                 f"could not get the ImageNet {arch} weights ({err}). Offline? Place "
                 f"{arch}-{model_store.short_hash(arch)}.params in {model_root()}, or pass "
-                f"pretrained=PATH") from err
+                f"pretrained=PATH"
+            ) from err
         net.features = src.features
         source_head = src.output
     elif pretrained is False or pretrained is None:
         net.features.initialize(init.Xavier())
     else:
-        from ... import weights as portable
-        from .weights import load_state_arrays
         arrays, meta = portable.read_params(pretrained)
         if meta.get("arch") not in (None, arch):
-            raise ValueError(f"{pretrained} holds {meta['arch']} weights but arch={arch!r}: "
-                             f"pass arch={meta['arch']!r}")
+            raise ValueError(
+                f"{pretrained} holds {meta['arch']} weights but arch={arch!r}: "
+                f"pass arch={meta['arch']!r}"
+            )
         net.features.initialize(init.Xavier())
         load_state_arrays(net, arrays, source=str(pretrained), head=False)
         if "fc.weight" in arrays:
@@ -89,15 +115,20 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
             source_head.bias.set_data(mx.nd.array(arrays["fc.bias"]))
     net.output.initialize(init.Xavier())
     net.output.collect_params().setattr("lr_mult", HEAD_LR_MULT)
-    object.__setattr__(net, "source_head", source_head)  # not a child block
-    net.source_classes = None
+    source_classes = None
     if pretrained is True:  # the model zoo's ImageNet class names, in its output order
-        try:
-            from .predict import imagenet_classes
-            net.source_classes = imagenet_classes()
-        except ImportError:  # GluonCV missing: d2lft.init_head_from_source asks for names
-            pass
-    net.arch = arch
+        with contextlib.suppress(ImportError):  # no GluonCV: init_head_from_source asks
+            source_classes = imagenet_classes()
+    attach(
+        net,
+        NetInfo(
+            arch=arch,
+            kind="finetune",
+            backend="mxnet",
+            source_classes=source_classes,
+            source_head=source_head,
+        ),
+    )
     _finish_init(net)
     return net
 
@@ -117,8 +148,6 @@ def build_scratch_net(num_classes=2, arch=None):
     _check_classes(num_classes)
     net = _new_net(arch, num_classes)
     net.initialize(init.Xavier())
-    object.__setattr__(net, "source_head", None)
-    net.source_classes = None
-    net.arch = arch
+    attach(net, NetInfo(arch=arch, kind="scratch", backend="mxnet"))
     _finish_init(net)
     return net

@@ -4,6 +4,7 @@ Gluon names a parameter by its place in the block tree (``features.4.0.body.1.ga
 :func:`d2lft.weights.gluon_name_map` maps those to the canonical (torchvision-style)
 names, ``gamma``/``beta`` to ``weight``/``bias`` and ``output`` to ``fc``.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,8 @@ import pathlib
 import mxnet as mx
 import numpy as np
 
-from ... import weights as _w
+from ...io import weights as _w
+from ...netinfo import has_info, net_info
 
 
 def _structural(net) -> dict:
@@ -20,11 +22,12 @@ def _structural(net) -> dict:
 
 
 def _arch(net, structural):
-    arch = getattr(net, "arch", None)
+    arch = net_info(net).arch if has_info(net) else None
     arch = _w.canonical_arch(arch) if arch is not None else _w.infer_arch(structural)
     if arch is None:
-        raise ValueError(f"this {type(net).__name__} is not one of Gluon's ResNet-18s "
-                         f"(no features.0.*)")
+        raise ValueError(
+            f"this {type(net).__name__} is not one of Gluon's ResNet-18s (no features.0.*)"
+        )
     return arch
 
 
@@ -35,8 +38,10 @@ def _mapped(net):
     unknown = sorted(set(structural) - set(gmap.values()))
     absent = [c for c, g in gmap.items() if g not in structural]
     if unknown or absent:
-        raise ValueError(f"this network's parameters do not match Gluon's resnet18: "
-                         f"unexpected {unknown[:5]}, missing {absent[:5]}")
+        raise ValueError(
+            f"this network's parameters do not match Gluon's resnet18: "
+            f"unexpected {unknown[:5]}, missing {absent[:5]}"
+        )
     return {c: structural[g] for c, g in gmap.items()}, gmap
 
 
@@ -50,8 +55,10 @@ def state_arrays(net) -> dict:
     out = {}
     for c, p in params.items():
         if p._data is None:
-            raise ValueError(f"parameter {c!r} (Gluon {gmap[c]!r}) is not initialised yet: "
-                             f"initialise the network (or run one forward pass) first")
+            raise ValueError(
+                f"parameter {c!r} (Gluon {gmap[c]!r}) is not initialised yet: "
+                f"initialise the network (or run one forward pass) first"
+            )
         out[c] = p.data(p.list_ctx()[0]).asnumpy().copy()
     return out
 
@@ -63,8 +70,9 @@ def load_state_arrays(net, arrays: dict, source="weights", head=True):
     Gluon has not inferred yet take the array's shape. `head=False` leaves `output`
     alone."""
     params, gmap = _mapped(net)
-    names = _w.check_arrays({c: tuple(p.shape) for c, p in params.items()}, arrays, source,
-                            head=head, gluon=gmap)
+    names = _w.check_arrays(
+        {c: tuple(p.shape) for c, p in params.items()}, arrays, source, head=head, gluon=gmap
+    )
     mx.nd.waitall()  # see state_arrays
     for c in names:
         p = params[c]
@@ -80,7 +88,7 @@ def load_state_arrays(net, arrays: dict, source="weights", head=True):
     return net
 
 
-def read_gluon_file(path) -> dict:
+def read_native_weights(path) -> dict:
     """A Gluon ``.params`` file (``save_parameters`` or the model zoo's) as
     {canonical name: numpy array}."""
     path = pathlib.Path(path)
@@ -89,8 +97,9 @@ def read_gluon_file(path) -> dict:
     except mx.base.MXNetError as err:
         raise ValueError(f"{path} is not a readable MXNet .params file ({err})") from err
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path} holds unnamed arrays; expected a file written by "
-                         f"save_parameters")
+        raise ValueError(
+            f"{path} holds unnamed arrays; expected a file written by save_parameters"
+        )
     arrays = {k.split(":", 1)[-1]: v.asnumpy() for k, v in loaded.items()}
     if arrays and not any("." in k for k in arrays):
         arrays = _from_prefixed(arrays, path)
@@ -111,8 +120,10 @@ def _from_prefixed(arrays, path):
         by_prefixed = {strip(p.name): s for s, p in _structural(net).items()}
         if set(by_prefixed) == set(theirs):
             return {by_prefixed[k]: v for k, v in theirs.items()}
-    raise ValueError(f"{path}: parameter names {sorted(arrays)[:3]}... match neither Gluon "
-                     f"resnet18_v1 nor resnet18_v2")
+    raise ValueError(
+        f"{path}: parameter names {sorted(arrays)[:3]}... match neither Gluon "
+        f"resnet18_v1 nor resnet18_v2"
+    )
 
 
 def logits(net, X, train=False) -> np.ndarray:
@@ -121,6 +132,7 @@ def logits(net, X, train=False) -> np.ndarray:
     BatchNorm running statistics only in a backward pass, so neither mode changes
     them here. Used by the parity checks."""
     from mxnet import autograd
+
     p = next(iter(net.collect_params().values()))
     x = mx.nd.array(np.asarray(X), dtype=p.dtype, ctx=p.list_ctx()[0])
     if train:

@@ -1,4 +1,5 @@
 """Datasets, the chapter's augmentations and loaders, PyTorch side."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,8 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from ...data import MEAN, STD, list_images, load_rgb, test_resize
-
+from ...data.folders import list_images
+from ...data.images import MEAN, STD, load_rgb, test_resize
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
@@ -21,15 +22,20 @@ class ImageFolder(torchvision.datasets.ImageFolder):
 
     def __init__(self, root, transform=None, target_transform=None, *, skip_bad=False):
         self._skip_bad = skip_bad
-        super().__init__(os.fspath(root), transform=transform,
-                         target_transform=target_transform, loader=load_rgb)
+        super().__init__(
+            os.fspath(root),
+            transform=transform,
+            target_transform=target_transform,
+            loader=load_rgb,
+        )
 
     def find_classes(self, directory):
         classes, self._listed = list_images(directory, skip_bad=self._skip_bad)
         return classes, {c: i for i, c in enumerate(classes)}
 
-    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
-                     allow_empty=False):
+    def make_dataset(
+        self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False
+    ):
         listed, self._listed = self._listed, None
         return list(listed)
 
@@ -48,21 +54,27 @@ def normalize():
 
 def train_augs(image_size: int = 224):
     """RandomResizedCrop, horizontal flip, ToTensor, ImageNet normalisation."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        normalize()])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize(),
+        ]
+    )
 
 
 def test_augs(image_size: int = 224):
     """Resize to image_size*256/224 square, center crop, ToTensor, normalise."""
     size = test_resize(image_size)
-    return transforms.Compose([
-        transforms.Resize([size, size]),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        normalize()])
+    return transforms.Compose(
+        [
+            transforms.Resize([size, size]),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            normalize(),
+        ]
+    )
 
 
 def default_num_workers() -> int:
@@ -72,8 +84,15 @@ def default_num_workers() -> int:
     return 0 if n <= 2 else min(8, n - 1)
 
 
-def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=None,
-                 shuffle=True, pin_memory=False):
+def make_loaders(
+    data_dir,
+    batch_size,
+    image_size=224,
+    num_workers=None,
+    seed=None,
+    shuffle=True,
+    pin_memory=False,
+):
     """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`."""
     num_workers = default_num_workers() if num_workers is None else num_workers
     generator = None
@@ -85,9 +104,13 @@ def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=No
     # persistent workers keep their random state from epoch to epoch; with a seed each
     # epoch's workers are seeded afresh from the loader's generator (reseeded per epoch
     # by train_fine_tuning), which is what makes resume= exact
-    kw = dict(num_workers=num_workers, pin_memory=pin_memory,
-              persistent_workers=num_workers > 0 and seed is None)
-    train_iter = torch.utils.data.DataLoader(train, batch_size, shuffle=shuffle,
-                                             generator=generator, **kw)
+    kw = dict(
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0 and seed is None,
+    )
+    train_iter = torch.utils.data.DataLoader(
+        train, batch_size, shuffle=shuffle, generator=generator, **kw
+    )
     test_iter = torch.utils.data.DataLoader(test, batch_size, **kw)
     return train_iter, test_iter

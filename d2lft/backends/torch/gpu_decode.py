@@ -17,6 +17,7 @@ level or two); the crop distribution is unchanged (drawn on the original size, w
 the header gives). The test store keeps the book's exact PIL transform (decoded in the
 background while training starts). ``D2LFT_GPU_DECODE=0`` turns this off.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -25,7 +26,7 @@ import os
 
 import torch
 
-from ...decode_cache import decode_rgb, reduced_size
+from ...data.decode_cache import decode_rgb, reduced_size
 
 #: JPEGs decoded per `decode_jpeg` call (bounds the device memory of one batch)
 CHUNK = 256
@@ -46,6 +47,7 @@ def enabled(device) -> bool:
 def _read(path):
     """(bytes, (h, w)) of a JPEG that can go to the device, else (None, None)."""
     from PIL import Image
+
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -62,8 +64,9 @@ def _read(path):
 def _resize(x, size):
     """uint8 CxHxW -> uint8 HxWx3 at `size` (antialiased bilinear, PIL-like)."""
     if tuple(x.shape[1:]) != tuple(size):
-        x = torch.nn.functional.interpolate(x[None].float(), size=size, mode="bilinear",
-                                            antialias=True, align_corners=False)[0]
+        x = torch.nn.functional.interpolate(
+            x[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
         x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x.permute(1, 2, 0)
 
@@ -73,6 +76,7 @@ def decode_batch(paths, max_short=None, device="cuda", workers=8):
     on `device` (any device `torchvision.io.decode_jpeg` takes: 'cpu' in the tests),
     the other files by `decode_rgb`; short sides reduced to `max_short`."""
     from torchvision.io import ImageReadMode, decode_jpeg
+
     device = torch.device(device)
     paths = [os.fspath(p) for p in paths]
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as ex:
@@ -81,7 +85,7 @@ def decode_batch(paths, max_short=None, device="cuda", workers=8):
     out = [None] * len(paths)
     pieces, where = [], []
     for s in range(0, len(gpu), CHUNK):
-        ks = gpu[s:s + CHUNK]
+        ks = gpu[s : s + CHUNK]
         blobs = [torch.frombuffer(bytearray(heads[k][0]), dtype=torch.uint8) for k in ks]
         try:
             imgs = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
@@ -92,7 +96,7 @@ def decode_batch(paths, max_short=None, device="cuda", workers=8):
                     imgs.append(decode_jpeg(b, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError:
                     imgs.append(None)
-        for k, img in zip(ks, imgs):
+        for k, img in zip(ks, imgs, strict=True):
             h, w = heads[k][1]
             if img is None or tuple(img.shape) != (3, h, w):
                 continue  # left to the CPU path
@@ -101,14 +105,15 @@ def decode_batch(paths, max_short=None, device="cuda", workers=8):
     if pieces:
         host = torch.cat(pieces).cpu().numpy()  # one device-to-host copy
         o = 0
-        for k, p in zip(where, pieces):
+        for k, p in zip(where, pieces, strict=True):
             h, w = reduced_size(*heads[k][1], max_short)
-            out[k] = (host[o:o + p.numel()].reshape(h, w, 3), heads[k][1])
+            out[k] = (host[o : o + p.numel()].reshape(h, w, 3), heads[k][1])
             o += p.numel()
     rest = [k for k in range(len(paths)) if out[k] is None]
     if rest:
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as ex:
-            for k, r in zip(rest, ex.map(lambda k: decode_rgb(paths[k], max_short), rest)):
+            decoded = ex.map(lambda k: decode_rgb(paths[k], max_short), rest)
+            for k, r in zip(rest, decoded, strict=True):
                 out[k] = r
     return out
 
@@ -122,5 +127,6 @@ def decoder(device):
 
     def batch(paths, max_short):
         return decode_batch(paths, max_short, device)
+
     batch.kind = "nvjpeg"
     return batch

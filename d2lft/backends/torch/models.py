@@ -1,4 +1,5 @@
 """The chapter's networks, PyTorch side: torchvision ResNet-18 with a new head."""
+
 from __future__ import annotations
 
 import pathlib
@@ -6,6 +7,11 @@ import pathlib
 import torch
 import torchvision
 from torch import nn
+
+from ...io import weights as portable
+from ...netinfo import NetInfo, attach
+from .resnet_v2 import resnet18_v2
+from .weights import load_state_arrays
 
 DEFAULT_ARCH = "resnet18"
 ARCHS = ("resnet18", "resnet18_v1", "resnet18_v2")
@@ -27,7 +33,6 @@ def _check_classes(num_classes):
 
 def _new_net(arch, num_classes=1000, weights=None):
     if arch == "resnet18_v2":  # Gluon's pre-activation ResNet-18, written in torch
-        from .resnet_v2 import resnet18_v2
         return resnet18_v2(num_classes=num_classes)
     return torchvision.models.resnet18(weights=weights, num_classes=num_classes)
 
@@ -35,6 +40,10 @@ def _new_net(arch, num_classes=1000, weights=None):
 def head(net) -> nn.Module:
     """The classifier layer that fine-tuning replaces (`fc`)."""
     return getattr(net, HEAD)
+
+
+def num_outputs(net) -> int:
+    return int(head(net).weight.shape[0])
 
 
 def _set_head(net, num_classes, lr_mult):
@@ -65,7 +74,8 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
             "torchvision has no ImageNet weights for Gluon's resnet18_v2: pass "
             "pretrained=PATH with Gluon's resnet18_v2 .params file (reading it needs mxnet) "
             "or a d2lft file written by d2lft.save_params under the mxnet backend, or use "
-            "arch='resnet18_v1'")
+            "arch='resnet18_v1'"
+        )
     if pretrained is True:
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         try:
@@ -74,25 +84,34 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
             cache = pathlib.Path(torch.hub.get_dir()) / "checkpoints"
             raise RuntimeError(
                 f"could not get the ImageNet ResNet-18 weights ({err}). Offline? Download "
-                f"{weights.url} and place it in {cache}, or pass pretrained=PATH") from err
-        net.source_classes = list(weights.meta["categories"])
+                f"{weights.url} and place it in {cache}, or pass pretrained=PATH"
+            ) from err
+        source_classes = list(weights.meta["categories"])
     elif pretrained is False or pretrained is None:
         net = _new_net(arch)
-        net.source_classes = None
+        source_classes = None
     else:
-        from ... import weights as portable
-        from .weights import load_state_arrays
         arrays, meta = portable.read_params(pretrained)
         if meta.get("arch") not in (None, portable.canonical_arch(arch)):
-            raise ValueError(f"{pretrained} holds {meta['arch']} weights but arch={arch!r}: "
-                             f"pass arch={meta['arch']!r}")
+            raise ValueError(
+                f"{pretrained} holds {meta['arch']} weights but arch={arch!r}: "
+                f"pass arch={meta['arch']!r}"
+            )
         n_src = arrays["fc.weight"].shape[0] if "fc.weight" in arrays else 1000
         net = _new_net(arch, num_classes=n_src)
         load_state_arrays(net, arrays, source=str(pretrained), head="fc.weight" in arrays)
-        net.source_classes = None
-    # plain attributes (object.__setattr__), so the old head is not a submodule
-    object.__setattr__(net, "source_head", _set_head(net, num_classes, HEAD_LR_MULT))
-    net.arch = arch
+        source_classes = None
+    source_head = _set_head(net, num_classes, HEAD_LR_MULT)  # kept out of the net's modules
+    attach(
+        net,
+        NetInfo(
+            arch=portable.canonical_arch(arch),
+            kind="finetune",
+            backend="torch",
+            source_classes=source_classes,
+            source_head=source_head,
+        ),
+    )
     return net
 
 
@@ -103,7 +122,11 @@ def build_scratch_net(num_classes=2, arch=None):
     arch = _check_arch(arch)
     _check_classes(num_classes)
     net = _new_net(arch, num_classes=num_classes)
-    net.source_classes = None
-    object.__setattr__(net, "source_head", None)
-    net.arch = arch
+    attach(net, NetInfo(arch=portable.canonical_arch(arch), kind="scratch", backend="torch"))
     return net
+
+
+def imagenet_classes():
+    """The 1000 ImageNet class names in the weights' own order (torchvision's metadata;
+    no download)."""
+    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])

@@ -20,6 +20,7 @@ set to 1 by every training-mode forward pass) and never trained; its beta is
 applied but, with ``center=False``, never trained either. :class:`InputBatchNorm`
 does the same: ``weight`` and ``bias`` are buffers, not parameters.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,8 +48,16 @@ class InputBatchNorm(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.weight.fill_(1.0)  # as Gluon's fix_gamma does in training mode
-        return F.batch_norm(x, self.running_mean, self.running_var, None, self.bias,
-                            self.training, self.momentum, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            None,
+            self.bias,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, fixed gamma"
@@ -67,8 +76,9 @@ class BasicBlockV2(nn.Module):
         self.conv1 = _conv3x3(in_channels, channels, stride)
         self.bn2 = nn.BatchNorm2d(channels)
         self.conv2 = _conv3x3(channels, channels, 1)
-        self.downsample = (nn.Conv2d(in_channels, channels, 1, stride, bias=False)
-                           if downsample else None)
+        self.downsample = (
+            nn.Conv2d(in_channels, channels, 1, stride, bias=False) if downsample else None
+        )
 
     def forward(self, x):
         residual = x

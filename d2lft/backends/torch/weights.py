@@ -4,6 +4,7 @@ d2lft's torch networks already use the canonical names (:mod:`d2lft.weights`), s
 this side maps nothing: it drops the ``num_batches_tracked`` counters (Gluon has
 none) and a ``module.`` prefix left by ``nn.DataParallel``.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,14 +14,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ... import weights as _w
+from ...io import weights as _w
 
 _SKIP = "num_batches_tracked"
 
 
 def _unwrap(net):
-    return net.module if isinstance(net, (nn.DataParallel,
-                                          nn.parallel.DistributedDataParallel)) else net
+    return (
+        net.module
+        if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        else net
+    )
 
 
 def _own(net):
@@ -38,15 +42,14 @@ def load_state_arrays(net, arrays: dict, source="weights", head=True):
     kept). Every name must be present with the network's shape, else ValueError
     naming the parameter, and nothing is changed. `head=False` leaves `fc` alone."""
     own = _own(net)
-    names = _w.check_arrays({k: tuple(v.shape) for k, v in own.items()}, arrays, source,
-                            head=head)
+    names = _w.check_arrays({k: tuple(v.shape) for k, v in own.items()}, arrays, source, head=head)
     with torch.no_grad():
         for k in names:
             own[k].copy_(torch.as_tensor(np.asarray(arrays[k])))
     return net
 
 
-def read_torch_file(path) -> dict:
+def read_native_weights(path) -> dict:
     """A torch ``state_dict`` file as {canonical name: numpy array}, read with
     ``weights_only=True`` (no pickled code runs); a ``{'state_dict': ...}``
     checkpoint and ``module.`` prefixes are accepted."""
@@ -59,8 +62,11 @@ def read_torch_file(path) -> dict:
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise ValueError(f"{path} holds a {type(sd).__name__}, not a state_dict of tensors")
-    return {k.removeprefix("module."): v.detach().cpu().numpy()
-            for k, v in sd.items() if not k.endswith(_SKIP)}
+    return {
+        k.removeprefix("module."): v.detach().cpu().numpy()
+        for k, v in sd.items()
+        if not k.endswith(_SKIP)
+    }
 
 
 def logits(net, X, train=False) -> np.ndarray:

@@ -1,0 +1,100 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename.
+
+Temporary files and folders (`tempfile.mkstemp` / `mkdtemp`) are private (0600 /
+0700) whatever the umask; what d2lft renames into place is given the mode that a
+plain `open()` / `os.mkdir()` would have given it instead (:func:`default_file_mode`,
+:func:`default_dir_mode`), and a file that replaces an existing one keeps that file's
+permission bits, as overwriting it in place would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import stat
+import tempfile
+import threading
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask_from_proc():
+    """The umask from the `Umask:` line of /proc/self/status (Linux >= 4.7), else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux:
+    /proc/self/status); elsewhere set and restored at once, under a lock."""
+    mask = _umask_from_proc()
+    if mask is not None:
+        return mask
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode `open(path, 'w')` gives a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def default_dir_mode() -> int:
+    """The mode `os.mkdir(path)` gives a new folder: 0o777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def set_default_mode(path) -> None:
+    """Give `path` (a file or a folder, e.g. made by tempfile) the mode that a plain
+    `open()` / `os.mkdir()` would have given it under the current umask."""
+    path = pathlib.Path(path)
+    os.chmod(path, default_dir_mode() if path.is_dir() else default_file_mode())
+
+
+def _mode_for(path: pathlib.Path) -> int:
+    """The mode for a file about to replace `path`: its permission bits when it exists
+    (as overwriting it with open() keeps them), else the default for a new file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except OSError:
+        return default_file_mode()
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success it replaces `path` atomically,
+    on error it is removed and `path` is left as it was. The new file gets the mode of
+    the file it replaces, else the umask's default (not mkstemp's 0600)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = pathlib.Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path, text: str):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_bytes(path, data: bytes):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,258 @@
+"""The MXNet tab's training steps behind the engine's :class:`Runner` interface.
+
+All runners do the chapter's step: a hybridized net, SGD with weight decay, the head's
+``lr_mult`` (10x), ``SoftmaxCrossEntropyLoss`` and ``trainer.step(batch size)`` with
+each batch's own size (so the gradient is the batch *mean*; see
+`d2lft.equivalent_sgd`), batches split over the devices with ``split_and_load``.
+
+- :class:`BookRunner`: the book's loaders (or the shared fixed batches); with
+  `freeze` only the head is recorded and updated, the backbone in prediction mode.
+- :class:`FastRunner`: the fast pipeline (:mod:`.fastdata`), hybridized with
+  ``static_alloc``/``static_shape``; losses and accuracies stay in NDArrays and are
+  read once per epoch, so MXNet's engine prepares the next batch meanwhile.
+- :class:`FastFrozenRunner`: the backbone's features once for the test set and once
+  per augmentation pass for the training set; the head trains on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from ...data.crops import epoch_batches
+from ...engine.loop import Runner, Step, book_batches, set_fixed_epoch
+from .data import make_loaders
+from .fastdata import FastData
+from .runtime import (
+    all_devices,
+    count_params,
+    features,
+    frozen_backbone,
+    head_multiplier,
+    resolve_precision,
+    split,
+    to_nd,
+)
+
+
+def _correct(pred, y):
+    """Correct predictions of a batch part, in the prediction's dtype (float32 or 64)."""
+    return (pred.argmax(axis=1) == y.astype(pred.dtype)).sum()
+
+
+def evaluate_accuracy(net, data_iter, devices=None) -> float:
+    """Accuracy of `net` over `data_iter` (prediction mode), split over `devices`."""
+    devices = devices or all_devices()
+    correct = total = 0
+    for X, y in data_iter:
+        for Xi, yi in zip(*split(X, y, devices), strict=True):
+            correct += int(_correct(net(Xi), yi).asscalar())
+        total += y.shape[0]
+    return correct / max(total, 1)
+
+
+class _MXRunner(Runner):
+    """What every MXNet runner shares: devices, the trainer, the multipliers."""
+
+    def __init__(self, net, plan, trained, hybridize):
+        super().__init__()
+        self.net, self.plan, self.lr = net, plan, plan.learning_rate
+        self.devices = list(plan.run.devices) if plan.run.devices else all_devices()
+        params = net.collect_params()
+        params.reset_ctx(self.devices)
+        net.hybridize(**hybridize)
+        self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.trained_params, self.total_params = count_params(trained), count_params(params)
+        self._exit = contextlib.ExitStack()
+        self._exit.enter_context(head_multiplier(params, plan.param_group))
+        self.trainer = gluon.Trainer(
+            trained, "sgd", {"learning_rate": self.lr, "wd": plan.run.weight_decay}
+        )
+        self.facts = {"precision_used": "fp32"}
+
+    def parts_step(self, module, X, y, inputs=None):
+        """One step over the device parts of (X, y): record `module` on `inputs`
+        (default the parts of X), backward, ``trainer.step(y.shape[0])``; returns
+        (losses, predictions, label parts)."""
+        Xs, ys = split(X, y, self.devices)
+        inputs = Xs if inputs is None else inputs(Xs)
+        with autograd.record():
+            preds = [module(Xi) for Xi in inputs]
+            ls = [self.loss(p, yi) for p, yi in zip(preds, ys, strict=True)]
+        for part in ls:
+            part.backward()
+        self.trainer.step(y.shape[0])
+        return ls, preds, ys
+
+    def close(self):
+        self._exit.close()
+
+
+class BookRunner(_MXRunner):
+    """The book's loop: its loaders (or `FixedBatches`), every loss read per batch."""
+
+    def __init__(self, net, plan, batches=None):
+        freeze = plan.freeze
+        trained = net.output.collect_params() if freeze else net.collect_params()
+        super().__init__(
+            net, plan, trained, {"static_alloc": True, "static_shape": True} if freeze else {}
+        )
+        self.freeze = freeze
+        self.train_iter, self.test_iter = book_batches(plan, make_loaders, to_nd, batches)
+        if freeze:
+            self._exit.enter_context(frozen_backbone(net))
+        self.num_batches = len(self.train_iter)
+
+    def set_epoch(self, epoch, seed):
+        set_fixed_epoch(self.train_iter, epoch)
+        # Gluon's loader shuffles with numpy's global generator: seeded by the loop
+
+    def train_epoch(self, epoch):
+        net = self.net
+        module, inputs = (
+            (net.output, lambda Xs: [features(net, Xi) for Xi in Xs])
+            if self.freeze
+            else (net, None)
+        )
+        for X, y in self.train_iter:
+            t0 = time.perf_counter()
+            ls, preds, ys = self.parts_step(module, X, y, inputs)
+            batch_loss = sum(float(part.sum().asscalar()) for part in ls)
+            correct = sum(int(_correct(p, yi).asscalar()) for p, yi in zip(preds, ys, strict=True))
+            yield Step(y.shape[0], batch_loss, correct, time.perf_counter() - t0)
+
+    def evaluate(self):
+        return evaluate_accuracy(self.net, self.test_iter, self.devices)
+
+
+class _FastBase(_MXRunner):
+    """The fast pipeline's setup; metrics as device scalars, read once per epoch."""
+
+    sync_each = False
+
+    def __init__(self, net, plan, trained):
+        super().__init__(net, plan, trained, {"static_alloc": True, "static_shape": True})
+        pipe = plan.pipeline
+        resolve_precision(pipe.precision, self.devices[0])
+        t0 = time.perf_counter()
+        self.data = FastData(
+            plan.data_dir,
+            plan.image_size,
+            plan.batch_size,
+            seed=plan.run.seed,
+            decode_cache=pipe.decode_cache,
+        )
+        self.num_batches = math.ceil(self.data.num_train / plan.batch_size)
+        self.facts["data_setup_seconds"] = round(time.perf_counter() - t0, 3)
+
+    def set_epoch(self, epoch, seed):
+        self.data.set_epoch(epoch)
+
+    def steps(self, module, batches, start=None, inputs=None):
+        """Yield a Step per (X, y) of `batches` (device scalars), timed back to back."""
+        ctx = self.devices[0]
+        last = time.perf_counter() if start is None else start
+        for X, y in batches:
+            ls, preds, ys = self.parts_step(module, X, y, inputs)
+            loss = mx.nd.add_n(*[part.sum().as_in_context(ctx) for part in ls])
+            correct = mx.nd.add_n(
+                *[_correct(p, yi).as_in_context(ctx) for p, yi in zip(preds, ys, strict=True)]
+            )
+            now = time.perf_counter()
+            yield Step(y.shape[0], loss.astype("float64"), correct.astype("float64"), now - last)
+            last = now
+
+    def finish_epoch(self):
+        t0 = time.perf_counter()
+        mx.nd.waitall()
+        return time.perf_counter() - t0
+
+    def to_floats(self, values):
+        out = []
+        for v in values:
+            out.append(float(v.asscalar()) if isinstance(v, mx.nd.NDArray) else float(v))
+        return out
+
+
+class FastRunner(_FastBase):
+    """The fast pipeline, every layer trained (the chapter's run)."""
+
+    def __init__(self, net, plan):
+        super().__init__(net, plan, net.collect_params())
+
+    def train_epoch(self, epoch):
+        yield from self.steps(self.net, self.data.train_batches())
+
+    def evaluate(self):
+        return evaluate_fast(self.net, self.data, self.devices)
+
+
+def evaluate_fast(net, data, devices) -> float:
+    """Test accuracy over the fast pipeline's (book-identical) test batches."""
+    correct = mx.nd.zeros((1,), ctx=devices[0], dtype="float64")
+    n = 0
+    for X, y in data.test_batches():
+        for Xi, yi in zip(*split(X, y, devices), strict=True):
+            correct += _correct(net(Xi), yi).as_in_context(devices[0]).astype("float64")
+        n += y.shape[0]
+    return int(correct.asscalar()) / max(n, 1)
+
+
+class FastFrozenRunner(_FastBase):
+    """Backbone features once for the test set and once per augmentation pass for the
+    training set (pass ``epoch % feature_passes``); the head trains on them."""
+
+    def __init__(self, net, plan):
+        super().__init__(net, plan, net.output.collect_params())
+        self._exit.enter_context(frozen_backbone(net))
+        self.ctx = self.devices[0]
+        self.passes = plan.pipeline.feature_passes
+        self.cached, self.test_f = {}, None
+        self.labels = mx.nd.array(self.data.train_labels, ctx=self.ctx, dtype="int32")
+
+    def _features(self, batches):
+        return mx.nd.concat(
+            *[features(self.net, X.as_in_context(self.ctx)) for X in batches], dim=0
+        )
+
+    def _pass(self, p):
+        if p not in self.cached:
+            self.data.set_epoch(p)
+            self.cached[p] = self._features(X for X, _ in self.data.train_batches(False))
+        return self.cached[p]
+
+    def train_epoch(self, epoch):
+        start = time.perf_counter()  # feature passes count as training time
+        data = self.data
+        if self.test_f is None:
+            self.test_f = self._features(X for X, _ in data.test_batches())
+        feats = self._pass(epoch % self.passes)
+        data.set_epoch(epoch)
+
+        def batches():
+            for b in epoch_batches(data.rng, data.num_train, data.batch_size):
+                bi = mx.nd.array(b, ctx=self.ctx, dtype="int32")
+                yield mx.nd.take(feats, bi), mx.nd.take(self.labels, bi)
+
+        yield from self.steps(self.net.output, batches(), start)
+
+    def evaluate(self):
+        labels = self.data.test_labels
+        if not len(labels):
+            return 0.0
+        out = self.net.output(self.test_f)
+        test_y = mx.nd.array(labels, ctx=self.ctx).astype(out.dtype)
+        return int((out.argmax(axis=1) == test_y).sum().asscalar()) / len(labels)
+
+
+def make_runner(net, plan, batches=None) -> Runner:
+    """The runner for `plan`'s pipeline: book (full or frozen), fixed batches, fast
+    (full or frozen). `batches`: ``(train_iter, test_iter)`` to run the book's loop on
+    instead of the plan's data (the parity tests' own batches)."""
+    if plan.pipeline.name == "fast":
+        return FastFrozenRunner(net, plan) if plan.freeze else FastRunner(net, plan)
+    return BookRunner(net, plan, batches)

@@ -1,0 +1,99 @@
+"""The MXNet backend's runtime: devices, seeding, precision (fp32: MXNet 1.9's bf16 AMP
+converts networks for inference only), splitting batches over devices, and freezing
+the backbone (exercise 3)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from ...engine.options import Precision
+
+PRECISIONS = Precision.__args__
+
+
+def all_devices() -> list:
+    """All GPUs, else the CPU."""
+    n = mx.context.num_gpus()
+    return [mx.gpu(i) for i in range(n)] or [mx.cpu()]
+
+
+def seed_framework(seed) -> None:
+    """Seed MXNet's own global generator (initialisation, its random ops)."""
+    mx.random.seed(seed)
+
+
+def seed_everything(seed) -> None:
+    """Python's, numpy's and MXNet's generators (Gluon's loader shuffles with numpy's
+    global generator, its transforms draw from Python's and MXNet's)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    seed_framework(seed)
+
+
+def resolve_precision(precision, device) -> str:
+    """Always 'fp32' ('auto' included): MXNet 1.9's bf16 AMP converts networks for
+    inference only; 'bf16' raises."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        raise ValueError(
+            "the mxnet backend trains in fp32: MXNet 1.9's bf16 AMP converts "
+            "networks for inference only; use precision='auto' or 'fp32'"
+        )
+    return "fp32"
+
+
+def count_params(params) -> int:
+    return int(sum(int(np.prod(p.shape)) for p in params.values()))
+
+
+def split(X, y, devices):
+    """(X parts, y parts) of a batch, one per device (`split_and_load`, uneven allowed)."""
+    return (
+        gluon.utils.split_and_load(X, devices, even_split=False),
+        gluon.utils.split_and_load(y, devices, even_split=False),
+    )
+
+
+def to_nd(a):
+    """A numpy batch (e.g. from `d2lft.data.fixed`) as an NDArray (labels as int32)."""
+    return mx.nd.array(a, dtype="int32" if a.dtype.kind in "iu" else a.dtype)
+
+
+@contextlib.contextmanager
+def frozen_backbone(net):
+    """Backbone parameters get no gradient (grad_req 'null'), restored afterwards."""
+    params = list(net.features.collect_params().values())
+    saved = [p.grad_req for p in params]
+    for p in params:
+        p.grad_req = "null"
+    try:
+        yield
+    finally:
+        for p, r in zip(params, saved, strict=True):
+            p.grad_req = r
+
+
+@contextlib.contextmanager
+def head_multiplier(params, param_group):
+    """`param_group=False`: every parameter at the base learning rate during the run
+    (Gluon's optimizer reads `lr_mult` at each step); the multipliers come back after."""
+    saved = {name: p.lr_mult for name, p in params.items()}
+    if not param_group:
+        params.setattr("lr_mult", 1.0)
+    try:
+        yield
+    finally:
+        for name, p in params.items():
+            p.lr_mult = saved[name]
+
+
+def features(net, X):
+    """The backbone's output (the head's input) as (B, C), in prediction mode."""
+    f = net.features(X)
+    return f.reshape((f.shape[0], -1))
