@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import random
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from .backends import _registry
 from .data import hub
-from .data.folders import check_image_folder
+from .data.folders import check_image_folder, list_images
 from .data.split import resolve_images
 from .engine import callbacks as cb
+from .engine.dist import check_shards
 from .engine.history import History
 from .engine.loop import fit
 from .engine.options import (
@@ -203,6 +205,9 @@ def plan_run(
         folder = hub.resolve_data_dir(data_dir) if data_dir is not None else hub.download_hotdog()
     classes = check_image_folder(folder / "train")
     _check_head_fits(backend, net, classes, folder)
+    job = backend.join_job(run.dist_timeout)
+    if job is not None:
+        run = _join(job, run, folder, batch_size)
     return TrainPlan(
         backend=backend_name,
         loss_reduction=entry.loss_reduction,
@@ -215,13 +220,34 @@ def plan_run(
         classes=tuple(classes),
         pipeline=pipeline,
         run=run,
+        job=job,
     )
+
+
+def _join(job, run: RunSpec, folder, batch_size: int) -> RunSpec:
+    """Check a distributed run and give every worker the same seed (so that all draw
+    the same permutations and crops and keep their shards of them)."""
+    if run.devices is not None:
+        raise ValueError(
+            "devices= cannot be given in a distributed run: each worker uses "
+            "its own (its GPU by LOCAL_RANK, else the CPU)"
+        )
+    check_shards(
+        batch_size,
+        len(list_images(folder / "train")[1]),
+        len(list_images(folder / "test")[1]),
+        job.world_size,
+    )
+    seed = run.seed if run.seed is not None else random.getrandbits(31)
+    return dataclasses.replace(run, seed=job.broadcast_int(seed))
 
 
 def default_callbacks(plan: TrainPlan) -> list:
     """d2lft's own callbacks for `plan`, in their order (see
-    :mod:`d2lft.engine.callbacks`)."""
+    :mod:`d2lft.engine.callbacks`). In a distributed run only rank 0 prints and writes."""
     out = [cb.HeapRetention()]
+    if plan.rank != 0:
+        return out
     if plan.run.verbose and cb.want_progress():
         out.append(cb.ProgressBar())
     if plan.run.verbose and cb.in_notebook():
@@ -255,6 +281,7 @@ def train(net, plan: TrainPlan, callbacks: Sequence = ()) -> History:
         callbacks=callback_list,
         net=net,
         start_epoch=start_epoch,
+        job=plan.job,
     )
 
 

@@ -29,7 +29,7 @@ import pathlib
 import sys
 import typing
 
-from . import api, plot
+from . import api, launch, plot
 from ._sys.atomic import atomic_path, atomic_write_text
 from ._version import __version__
 from .backends import _registry
@@ -37,7 +37,8 @@ from .data import hub
 from .data.folders import DataLayoutError, find_split_root, list_images
 from .data.hub import DownloadError
 from .data.images import BadImageError
-from .data.split import _class_root, _unzip, class_names
+from .data.split import _class_root, _unzip, class_names, resolve_images
+from .engine.dist import check_shards
 from .engine.loop import TrainingDiverged
 from .engine.options import PIPELINES, RunSpec, TrainPlan, cli_fields
 from .exercises.head_init import init_head_from_source
@@ -296,14 +297,19 @@ def _prepare(mode, args, source, out, lr=None) -> _Job:
 def _run(job: _Job):
     """Train a prepared job and write its outputs; return its History."""
     plan = job.plan
-    print(
-        f"{job.mode} on {plan.backend}: {len(plan.classes)} classes {list(plan.classes)}, "
-        f"lr {plan.learning_rate:g}, {plan.num_epochs} epoch(s), batch {plan.batch_size}, "
-        f"image size {plan.image_size}, pipeline {plan.pipeline.name}, data {plan.data_dir}",
-        flush=True,
-    )
-    job.out.mkdir(parents=True, exist_ok=True)
+    if plan.rank == 0:  # a distributed job: rank 0 prints and writes, the others train
+        workers = f", {plan.world_size} workers ({plan.job.engine})" if plan.job else ""
+        print(
+            f"{job.mode} on {plan.backend}: {len(plan.classes)} classes {list(plan.classes)}, "
+            f"lr {plan.learning_rate:g}, {plan.num_epochs} epoch(s), batch {plan.batch_size}, "
+            f"image size {plan.image_size}, pipeline {plan.pipeline.name}{workers}, "
+            f"data {plan.data_dir}",
+            flush=True,
+        )
+        job.out.mkdir(parents=True, exist_ok=True)
     h = api.train(job.net, plan)
+    if plan.rank != 0:
+        return h
     h.config.update(mode=job.mode)
     h.to_json(job.out / "metrics.json")
     if h.epochs:
@@ -323,10 +329,64 @@ def _run(job: _Job):
 def cmd_train(args):
     if args.mode == "scratch" and args.pretrained not in (None, "none"):
         raise ValueError("--pretrained is for 'finetune'; 'scratch' starts from random weights")
+    if args.nproc is not None or args.nnodes > 1:
+        return _launch(args)
     _use_backend(args.backend)
-    h = _run(_prepare(args.mode, args, _data_source(args), args.out))
-    _print_outputs(args.out)
+    job = _prepare(args.mode, args, _data_source(args), args.out)
+    h = _run(job)
+    if job.plan.rank == 0:
+        _print_outputs(args.out)
     return 0 if h.completed else EXIT_INTERRUPTED
+
+
+def _launch(args):
+    """``--nproc N``: start this command as a data-parallel job of N workers on this
+    machine, with the backend's own engine (see :mod:`d2lft.launch`)."""
+    backend = _use_backend(args.backend)
+    nproc = args.nproc or 1
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    # what every worker would refuse, refused once here: the data and the shards
+    source = _data_source(args)
+    folder = resolve_images(source, args.val_fraction)
+    world = nproc * args.nnodes
+    check_shards(
+        args.batch_size,
+        len(list_images(folder / "train")[1]),
+        len(list_images(folder / "test")[1]),
+        world,
+    )
+    argv = list(args.argv)
+    if args.backend is None:
+        argv += ["--backend", backend]
+    launcher = _registry.spec(backend).launcher
+    timeout = _run_spec(args).dist_timeout
+    if launcher == "torchrun":
+        code = launch.torchrun(
+            argv,
+            nproc,
+            nnodes=args.nnodes,
+            node_rank=args.node_rank,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+            timeout=timeout,
+        )
+    elif launcher == "ps-lite":
+        if args.nnodes > 1:
+            raise ValueError(
+                "--nnodes is for torchrun; an MXNet job across machines is "
+                "started with the DMLC_* variables (docs/distributed.md)"
+            )
+        code = launch.ps_lite(argv, nproc, timeout=timeout)
+    else:
+        raise ValueError(f"the {backend} backend has no launcher for --nproc")
+    if code != 0:
+        print(
+            f"d2lft train: error: the {world}-worker job failed (exit status {code}); "
+            f"the last complete checkpoint in {args.out} is kept: continue with --resume",
+            file=sys.stderr,
+        )
+    return code
 
 
 def cmd_compare(args):
@@ -582,6 +642,45 @@ def _add_training(p, lr=True):
     _add_option_flags(p)
 
 
+def _add_launch(p):
+    g = p.add_argument_group("data-parallel training (docs/distributed.md)")
+    g.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="start N workers on this machine: torchrun (torch) or MXNet's "
+        "parameter server (default: one process, no job)",
+    )
+    g.add_argument(
+        "--nnodes",
+        type=_positive_int,
+        default=1,
+        metavar="M",
+        help="torch: machines in the job, each running this command (default: 1)",
+    )
+    g.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="torch: this machine's rank, 0..M-1 (default: 0)",
+    )
+    g.add_argument(
+        "--master-addr",
+        default=None,
+        metavar="HOST",
+        help="torch: the address of machine 0 (default: 127.0.0.1)",
+    )
+    g.add_argument(
+        "--master-port",
+        type=_positive_int,
+        default=None,
+        metavar="PORT",
+        help="torch: a free port on machine 0 (default: 29500 with --nnodes)",
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="d2lft",
@@ -611,6 +710,7 @@ def build_parser():
         metavar="FILE",
         help="the source model's class names, one a line (for --pretrained PATH)",
     )
+    _add_launch(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="fine-tune vs scratch on the same data: a table")
@@ -715,6 +815,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs
     try:
         return args.func(args)
     except (
@@ -726,6 +827,7 @@ def main(argv=None):
         CheckpointError,
         BadImageError,
         TrainingDiverged,
+        launch.LaunchError,
     ) as err:
         if os.environ.get("D2LFT_DEBUG"):
             raise

@@ -95,8 +95,8 @@ MUTANTS = {
         [
             (
                 "d2lft/backends/mxnet/runners.py",
-                "self.trainer.step(y.shape[0])",
-                "self.trainer.step(self.plan.batch_size)",
+                "self.trainer.step(y.shape[0] if n is None else n)",
+                "self.trainer.step(self.plan.batch_size if n is None else n)",
             )
         ],
         [
@@ -162,6 +162,33 @@ MUTANTS = {
         "build_finetune_net(seed=...) does not seed the initialisation",
         [("d2lft/api.py", "        backend.seed_framework(seed)", "        pass")],
         ["tests/test_train.py", "-k", "seed_repeats"],
+    ),
+    "torch-ddp-unscaled-loss": (
+        "torch DDP: the summed loss not multiplied by the world size (DDP averages)",
+        [
+            (
+                "d2lft/backends/torch/runners.py",
+                "(l.sum() * self.world if self.world > 1 else l.sum()).backward()",
+                "l.sum().backward()",
+            )
+        ],
+        ["tests/test_distributed.py", "-k", "equal and torch"],
+    ),
+    "mxnet-dist-local-step": (
+        "MXNet dist_sync: every worker steps by its shard's size, not the global batch's",
+        [
+            (
+                "d2lft/backends/mxnet/runners.py",
+                "self.trainer.step(y.shape[0] if n is None else n)",
+                "self.trainer.step(y.shape[0])",
+            )
+        ],
+        ["tests/test_distributed.py", "-k", "equal and mxnet"],
+    ),
+    "shards-all-the-same": (
+        "distributed: every worker reads rank 0's shard of each batch",
+        [("d2lft/data/shards.py", "    start = rank * step", "    start = 0 * step")],
+        ["tests/test_distributed.py", "-k", "shards_split or equal"],
     ),
 }
 

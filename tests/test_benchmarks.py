@@ -114,3 +114,36 @@ def test_cpu_bound_tiny(tmp_path):
     assert 2.5 < r["train_gflop_per_image"] / r["eval_gflop_per_image"] < 3.1
     assert 0 < r["step_profile"]["conv_share"] <= 1
     assert r["bound_over_book"] == pytest.approx(r["bound_images_per_sec"] / 10, rel=0.01)
+
+
+@pytest.mark.slow
+def test_bench_dist_tiny(tmp_path, toy_data):
+    import bench_dist
+
+    bench_dist.main(
+        [
+            "--backend",
+            "torch",
+            "--data-dir",
+            str(toy_data),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    rec = _one(tmp_path, "*-dist-torch-cpu*.json")
+    assert [t["variant"].split()[0] for t in rec["table"]] == ["1", "2"]
+    assert rec["table"][1]["x_one_process"] > 0 and rec["runs"]
+    assert all(
+        r["world_size"] == n
+        for n, runs in (
+            (1, rec["runs"][rec["table"][0]["variant"]]),
+            (2, rec["runs"][rec["table"][1]["variant"]]),
+        )
+        for r in runs
+    )

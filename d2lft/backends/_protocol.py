@@ -32,7 +32,9 @@ class BackendSpec:
     `archs` / `default_arch`: the networks it builds; `precisions`: what its fast
     pipeline trains in; `compile`: whether it has a graph compiler
     (``FastPipeline(compile=True)``); `native_weights`: the weights file format its
-    framework writes (read by :func:`d2lft.read_params` with this backend).
+    framework writes (read by :func:`d2lft.read_params` with this backend);
+    `launcher`: how ``d2lft train --nproc N`` starts its data-parallel job
+    ('torchrun' or 'ps-lite', see :mod:`d2lft.launch`).
     """
 
     name: str
@@ -48,6 +50,7 @@ class BackendSpec:
     precisions: tuple[str, ...] = ("fp32",)
     compile: bool = False
     native_weights: str = ""
+    launcher: str = ""
 
     def book_lr(self, mode: str) -> float:
         """The book's learning rate for `mode` ('finetune' or 'scratch')."""
@@ -63,7 +66,8 @@ class Backend(Protocol):
     Data: `image_folder`, `train_augs`, `test_augs`. Networks: `build_finetune_net`,
     `build_scratch_net`, `head`, `num_outputs`. Runtime: `all_devices`,
     `seed_framework`, `seed_everything`, `resolve_precision`. Training:
-    `make_runner` (a :class:`d2lft.engine.loop.Runner` for a plan). Weights:
+    `make_runner` (a :class:`d2lft.engine.loop.Runner` for a plan), `join_job` (the
+    data-parallel job this process is a worker of, or None). Weights:
     `state_arrays`, `load_state_arrays`, `read_native_weights`, `logits`. Prediction:
     `predict_proba`, `predict_folder`, `head_arrays`, `set_head_rows`,
     `imagenet_classes`.
@@ -81,6 +85,7 @@ class Backend(Protocol):
     def seed_everything(self, seed) -> None: ...
     def resolve_precision(self, precision, device) -> str: ...
     def make_runner(self, net, plan) -> Any: ...
+    def join_job(self, timeout) -> Any: ...
     def state_arrays(self, net) -> dict: ...
     def load_state_arrays(self, net, arrays, source="weights", head=True) -> Any: ...
     def read_native_weights(self, path) -> dict: ...

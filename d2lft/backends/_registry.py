@@ -59,6 +59,7 @@ register(
         precisions=("fp32",),
         compile=False,
         native_weights="gluon.params",
+        launcher="ps-lite",
     )
 )
 register(
@@ -76,6 +77,7 @@ register(
         precisions=("fp32", "bf16"),
         compile=True,
         native_weights="torch.state_dict",
+        launcher="torchrun",
     )
 )
 

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from .shards import shard
+
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -106,3 +108,20 @@ def epoch_batches(rng, n, batch_size, shuffle=True):
     smaller, as the book's loaders keep it)."""
     order = rng.permutation(n) if shuffle else np.arange(n)
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def epoch_draws(rng, n, batch_size, draw=None, shuffle=True, shard_of=(1, 0)):
+    """[(indices, draws)] of one epoch's batches: `draw(indices)` (the crop boxes and
+    flips) is called for each whole global batch, in order, from the epoch's generator
+    `rng` (the same on every distributed worker), then a worker keeps its shard
+    (`shard_of`: ``(world, rank)``) of both, so the batches do not depend on the
+    number of workers."""
+    world, rank = shard_of
+    out = []
+    for b in epoch_batches(rng, n, batch_size, shuffle):
+        draws = draw(b) if draw is not None else ()
+        if world > 1:
+            b = shard(b, world, rank)
+            draws = tuple(shard(a, world, rank) for a in draws)
+        out.append((b, draws))
+    return out

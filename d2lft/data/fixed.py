@@ -25,6 +25,7 @@ from .folders import list_images
 from .images import MEAN as _MEAN
 from .images import STD as _STD
 from .images import load_rgb, test_resize
+from .shards import shard
 
 MEAN = np.array(_MEAN, dtype=np.float32)
 STD = np.array(_STD, dtype=np.float32)
@@ -67,8 +68,10 @@ class FixedBatches:
         drop_last=False,
         convert=None,
         cache=None,
+        shard=(1, 0),
     ):
         self.classes, self.samples = list_images(folder)
+        self.world, self.rank = shard
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.folder = os.fspath(folder)
@@ -81,12 +84,17 @@ class FixedBatches:
 
     def __len__(self):
         n, b = len(self.samples), self.batch_size
+        if not self.shuffle:
+            n = len(shard(range(n), self.world, self.rank))
         return n // b if self.drop_last else -(-n // b)
 
     def order(self, epoch):
+        """Pass `epoch`'s example order: shuffled (training) the same on every
+        distributed worker, whose batches are then its shards of the global ones; in
+        order (testing), of which a worker reads its contiguous part."""
         n = len(self.samples)
         if not self.shuffle:
-            return np.arange(n)
+            return shard(np.arange(n), self.world, self.rank)
         return np.random.default_rng((self.seed, epoch)).permutation(n)
 
     def _image(self, i):
@@ -104,6 +112,8 @@ class FixedBatches:
             chunk = idx[start : start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:
                 break
+            if self.shuffle:
+                chunk = shard(chunk, self.world, self.rank)
             X = np.stack([self._image(i) for i in chunk])
             y = np.array([self.samples[i][1] for i in chunk], dtype=np.int64)
             yield X, y
@@ -114,9 +124,10 @@ class FixedBatches:
             yield self.convert(X), self.convert(y)
 
 
-def fixed_loaders(data_dir, batch_size, image_size=224, seed=0, convert=None):
+def fixed_loaders(data_dir, batch_size, image_size=224, seed=0, convert=None, shard=(1, 0)):
     """(train_iter, test_iter) of :class:`FixedBatches` over ``data_dir/train``
-    (shuffled from `seed`) and ``data_dir/test`` (in order)."""
+    (shuffled from `seed`) and ``data_dir/test`` (in order); `shard`: ``(world, rank)``
+    of a distributed worker."""
     seed = 0 if seed is None else seed
     train = FixedBatches(
         os.path.join(data_dir, "train"),
@@ -125,8 +136,14 @@ def fixed_loaders(data_dir, batch_size, image_size=224, seed=0, convert=None):
         shuffle=True,
         seed=seed,
         convert=convert,
+        shard=shard,
     )
     test = FixedBatches(
-        os.path.join(data_dir, "test"), batch_size, image_size, shuffle=False, convert=convert
+        os.path.join(data_dir, "test"),
+        batch_size,
+        image_size,
+        shuffle=False,
+        convert=convert,
+        shard=shard,
     )
     return train, test

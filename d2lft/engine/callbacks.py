@@ -45,7 +45,9 @@ class RunState:
     being run (0-based), the number of batches per epoch when known, the network, and
     `stop_reason` (set it to stop after this epoch). `error` is the exception that
     ended the run, in `on_train_end`; `logs` holds the last batch's numbers when the
-    runner has them on the host (`loss`: the batch's summed loss, `n`)."""
+    runner has them on the host (`loss`: the batch's summed loss, `n`). `rank`: this
+    worker's in a distributed run (0 otherwise); History is the same on every rank, so
+    a callback that stops a distributed run must decide from it."""
 
     history: History
     num_epochs: int
@@ -55,6 +57,7 @@ class RunState:
     num_batches: int | None = None
     stop_reason: str = ""
     error: BaseException | None = None
+    rank: int = 0
     logs: dict = dataclasses.field(default_factory=dict)
 
 

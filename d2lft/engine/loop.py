@@ -77,8 +77,8 @@ class Runner(abc.ABC):
         return 0.0
 
     @abc.abstractmethod
-    def evaluate(self) -> float:
-        """Test accuracy after this epoch."""
+    def evaluate(self) -> tuple[int, int]:
+        """``(correct, total)`` over this worker's test images after this epoch."""
 
     def to_floats(self, values: list) -> list[float]:
         """Host numbers from what the steps reported."""
@@ -101,7 +101,12 @@ def book_batches(plan, make_loaders, convert, batches=None) -> tuple:
         return batches
     if plan.pipeline.name == "fixed":
         return fixed_loaders(
-            plan.data_dir, plan.batch_size, plan.image_size, plan.run.seed, convert=convert
+            plan.data_dir,
+            plan.batch_size,
+            plan.image_size,
+            plan.run.seed,
+            convert=convert,
+            shard=(plan.world_size, plan.rank),
         )
     return make_loaders(
         plan.data_dir,
@@ -109,6 +114,7 @@ def book_batches(plan, make_loaders, convert, batches=None) -> tuple:
         plan.image_size,
         num_workers=plan.pipeline.workers,
         seed=plan.run.seed,
+        shard=(plan.world_size, plan.rank),
     )
 
 
@@ -173,13 +179,18 @@ def fit(
     callbacks: CallbackList,
     net=None,
     start_epoch: int = 0,
+    job=None,
 ) -> History:
     """Train: `make_runner()` prepares the data and the step (counted in the wall
     clock and the memory peak), then each epoch from `start_epoch` is seeded
     (`seed_everything` and the runner's own generators, from ``epoch_seed(seed,
     epoch)``), trained, checked for divergence, evaluated, recorded in `history` and
-    reported to `callbacks`. Returns `history`."""
-    state = RunState(history=history, num_epochs=num_epochs, net=net)
+    reported to `callbacks`. With `job` (a :class:`d2lft.engine.dist.Job`), the
+    epoch's counts are summed over its workers, so History is the job's on every rank.
+    Returns `history`."""
+    state = RunState(
+        history=history, num_epochs=num_epochs, net=net, rank=0 if job is None else job.rank
+    )
     memory = HostPeak().start()
     start = time.perf_counter()
     resumed_examples = history.num_examples
@@ -204,7 +215,7 @@ def fit(
                     seed_everything(s)
                 runner.set_epoch(epoch, s)
                 callbacks.on_epoch_begin(state)
-                train_time += _train_epoch(runner, state, callbacks, learning_rate)
+                train_time += _train_epoch(runner, state, callbacks, learning_rate, job)
                 callbacks.on_epoch_end(state)
                 if state.stop_reason:
                     history.stopped_reason = state.stop_reason
@@ -232,7 +243,7 @@ def fit(
 
 
 def _train_epoch(
-    runner: Runner, state: RunState, callbacks: CallbackList, learning_rate: float
+    runner: Runner, state: RunState, callbacks: CallbackList, learning_rate: float, job=None
 ) -> float:
     """One epoch's training steps and evaluation, recorded in History; returns the
     seconds that count as training."""
@@ -254,10 +265,15 @@ def _train_epoch(
     for i, value in enumerate(runner.to_floats(pending)):
         check_finite(value, epoch, i, learning_rate)
     loss_sum, correct = runner.to_floats([loss_sum, correct])
-    test_acc = runner.evaluate()
+    test_correct, test_total = runner.evaluate()
+    if job is not None:  # every worker's shard: the epoch's numbers are the job's
+        loss_sum, correct, n, test_correct, test_total = job.all_reduce_sum(
+            [loss_sum, correct, n, test_correct, test_total]
+        )
+        n, test_total = int(n), int(test_total)
     history = state.history
     history.num_examples += n
-    history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_acc)
+    history.add_epoch(loss_sum / max(n, 1), correct / max(n, 1), test_correct / max(test_total, 1))
     return seconds
 
 

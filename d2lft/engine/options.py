@@ -219,6 +219,11 @@ class RunSpec:
         None, "write a checkpoint there after every epoch", cli=False
     )
     resume: str | bool | None = option(None, "a checkpoint to continue from", cli=False)
+    dist_timeout: float = option(
+        300.0,
+        "distributed runs: seconds a worker waits for a lost one before the job fails",
+        metavar="S",
+    )
 
     def __post_init__(self):
         if self.devices is not None:
@@ -266,6 +271,12 @@ class RunSpec:
             raise ValueError("resume=True continues from checkpoint_dir=, which is not set")
         if self.resume is False:
             object.__setattr__(self, "resume", None)
+        t = self.dist_timeout
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 1 <= t <= 86400:
+            raise ValueError(
+                f"dist_timeout must be a number of seconds between 1 and 86400, got {t!r}"
+            )
+        object.__setattr__(self, "dist_timeout", float(t))
 
     @property
     def resume_from(self) -> str | None:
@@ -313,6 +324,16 @@ class TrainPlan:
     classes: tuple[str, ...]
     pipeline: Pipeline
     run: RunSpec
+    #: the data-parallel job this worker belongs to (`d2lft.engine.dist.Job`), if any
+    job: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def world_size(self) -> int:
+        return self.job.world_size if self.job is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.job.rank if self.job is not None else 0
 
     @property
     def freeze(self) -> bool:
@@ -341,6 +362,8 @@ class TrainPlan:
             "freeze": self.freeze,
             **{k: v for k, v in pipeline.items() if k != "freeze"},
             **run,
+            "world_size": self.world_size,
+            "dist_engine": self.job.engine if self.job is not None else None,
         }
 
 

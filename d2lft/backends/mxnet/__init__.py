@@ -19,6 +19,7 @@ from .models import (
 from .runners import evaluate_accuracy, make_runner  # noqa: E402
 from .runtime import (
     all_devices,
+    join_job,
     resolve_precision,
     seed_everything,  # noqa: E402
     seed_framework,
@@ -36,6 +37,7 @@ __all__ = [
     "head_arrays",
     "image_folder",
     "imagenet_classes",
+    "join_job",
     "load_state_arrays",
     "logits",
     "make_loaders",

@@ -11,6 +11,8 @@ from mxnet.gluon.data.vision import transforms
 
 from ...data.folders import list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
+from ...data.shards import shard as shard_of
+from ...data.shards import sharded_batches
 
 
 class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
@@ -91,15 +93,55 @@ def test_augs(image_size: int = 224):
     )
 
 
-def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=None, shuffle=True):
+class _Subset(gluon.data.Dataset):
+    """The items `indices` of `dataset`, read when asked for."""
+
+    def __init__(self, dataset, indices):
+        self._dataset, self._indices = dataset, list(indices)
+
+    def __len__(self):
+        return len(self._indices)
+
+    def __getitem__(self, i):
+        return self._dataset[self._indices[i]]
+
+
+class ShardedBatches:
+    """A distributed worker's batches: each epoch a permutation from numpy's global
+    generator (seeded alike on every worker), split into global batches, of which this
+    rank keeps its shard (`d2lft.engine.dist.shard`)."""
+
+    def __init__(self, n, batch_size, world, rank):
+        self.n, self.batch_size, self.world, self.rank = n, batch_size, world, rank
+
+    def __iter__(self):
+        order = np.random.permutation(self.n).tolist()
+        yield from sharded_batches(order, self.batch_size, self.world, self.rank)
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+
+def make_loaders(
+    data_dir, batch_size, image_size=224, num_workers=None, seed=None, shuffle=True, shard=(1, 0)
+):
     """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`.
 
     MXNet's loader uses numpy's and Python's global random state for shuffling and
-    augmentation; `train_fine_tuning(seed=...)` seeds both.
+    augmentation; `train_fine_tuning(seed=...)` seeds both. `shard`: ``(world, rank)``
+    of a distributed worker, which then reads its shard of every training batch and
+    its part of the test set.
     """
     num_workers = 0 if num_workers is None else num_workers
     train = image_folder(os.path.join(data_dir, "train"), train_augs(image_size))
     test = image_folder(os.path.join(data_dir, "test"), test_augs(image_size))
+    world, rank = shard
+    if world > 1:
+        sampler = ShardedBatches(len(train), batch_size, world, rank)
+        train_iter = gluon.data.DataLoader(train, batch_sampler=sampler, num_workers=num_workers)
+        mine = list(shard_of(range(len(test)), world, rank))
+        test_iter = gluon.data.DataLoader(_Subset(test, mine), batch_size, num_workers=num_workers)
+        return train_iter, test_iter
     train_iter = gluon.data.DataLoader(train, batch_size, shuffle=shuffle, num_workers=num_workers)
     test_iter = gluon.data.DataLoader(test, batch_size, num_workers=num_workers)
     return train_iter, test_iter

@@ -20,9 +20,15 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon.data.vision import transforms
 
-from ...data.crops import epoch_batches, fallback_crops, run_seed, sample_resized_crops
+from ...data.crops import (
+    epoch_draws,
+    fallback_crops,
+    run_seed,
+    sample_resized_crops,
+)
 from ...data.decode_cache import get_cache, train_store
 from ...data.images import load_rgb
+from ...data.shards import shard_bounds
 from ...engine.loop import epoch_seed
 from .data import MEAN, STD, image_folder, test_resize
 
@@ -97,8 +103,11 @@ def crop_resize(store, idx, top, left, h, w, flips, size):
 class FastData:
     """Decoded train and test stores and the batches of the fast pipeline."""
 
-    def __init__(self, data_dir, image_size, batch_size, seed=None, decode_cache="memory"):
+    def __init__(
+        self, data_dir, image_size, batch_size, seed=None, decode_cache="memory", shard=(1, 0)
+    ):
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
+        self.world, self.rank = shard
         self.rng = np.random.default_rng(run_seed(seed))
         train_paths, self.train_labels = split_samples(os.path.join(data_dir, "train"))
         test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
@@ -117,22 +126,32 @@ class FastData:
     def num_train(self):
         return len(self.train_labels)
 
-    def train_batches(self, shuffle=True):
-        """One epoch of (X float32 NCHW NDArray, y int32 NDArray)."""
-        for b in epoch_batches(self.rng, self.num_train, self.batch_size, shuffle):
-            o = self.train.orig[b]
-            top, left, h, w = sample_crops(self.rng, o[:, 0], o[:, 1], self.image_size)
-            flips = self.rng.random(len(b)) < 0.5
-            u8 = crop_resize(self.train, b, top, left, h, w, flips, self.image_size)
+    def _draw(self, b):
+        o = self.train.orig[b]
+        top, left, h, w = sample_crops(self.rng, o[:, 0], o[:, 1], self.image_size)
+        flips = self.rng.random(len(b)) < 0.5
+        return top, left, h, w, flips
+
+    def train_batches(self, shuffle=True, sharded=True):
+        """One epoch of (X float32 NCHW NDArray, y int32 NDArray) (a distributed
+        worker's shards of the batches unless `sharded=False`)."""
+        world = self.world if sharded else 1
+        for b, draws in epoch_draws(
+            self.rng, self.num_train, self.batch_size, self._draw, shuffle, (world, self.rank)
+        ):
+            u8 = crop_resize(self.train, b, *draws, self.image_size)
             yield (
                 normalize_batch(u8, self.mean, self.std),
                 mx.nd.array(self.train_labels[b], dtype="int32"),
             )
 
     def test_batches(self):
-        for s in range(0, len(self.test_labels), self.batch_size):
-            u8 = mx.nd.array(self.test_u8[s : s + self.batch_size], dtype="uint8")
+        """This worker's part of the test set (all of it outside a distributed run)."""
+        lo, hi = shard_bounds(len(self.test_labels), self.world, self.rank)
+        for s in range(lo, hi, self.batch_size):
+            e = min(s + self.batch_size, hi)
+            u8 = mx.nd.array(self.test_u8[s:e], dtype="uint8")
             yield (
                 normalize_batch(u8, self.mean, self.std),
-                mx.nd.array(self.test_labels[s : s + self.batch_size], dtype="int32"),
+                mx.nd.array(self.test_labels[s:e], dtype="int32"),
             )

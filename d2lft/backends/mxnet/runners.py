@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from ...data.crops import epoch_batches
+from ...data.crops import epoch_draws
+from ...engine.dist import global_batch_size
 from ...engine.loop import Runner, Step, book_batches, set_fixed_epoch
 from .data import make_loaders
 from .fastdata import FastData
@@ -44,14 +46,21 @@ def _correct(pred, y):
     return (pred.argmax(axis=1) == y.astype(pred.dtype)).sum()
 
 
-def evaluate_accuracy(net, data_iter, devices=None) -> float:
-    """Accuracy of `net` over `data_iter` (prediction mode), split over `devices`."""
+def evaluate_counts(net, data_iter, devices=None) -> tuple[int, int]:
+    """``(correct, total)`` of `net` over `data_iter` (prediction mode), split over
+    `devices`."""
     devices = devices or all_devices()
     correct = total = 0
     for X, y in data_iter:
         for Xi, yi in zip(*split(X, y, devices), strict=True):
             correct += int(_correct(net(Xi), yi).asscalar())
         total += y.shape[0]
+    return correct, total
+
+
+def evaluate_accuracy(net, data_iter, devices=None) -> float:
+    """Accuracy of `net` over `data_iter` (prediction mode), split over `devices`."""
+    correct, total = evaluate_counts(net, data_iter, devices)
     return correct / max(total, 1)
 
 
@@ -62,6 +71,12 @@ class _MXRunner(Runner):
         super().__init__()
         self.net, self.plan, self.lr = net, plan, plan.learning_rate
         self.devices = list(plan.run.devices) if plan.run.devices else all_devices()
+        self.world = plan.world_size
+        if plan.job is not None:  # a distributed worker: one device, its own
+            local = int(os.environ.get("LOCAL_RANK", plan.rank))
+            self.devices = [
+                mx.gpu(local % mx.context.num_gpus()) if mx.context.num_gpus() else mx.cpu()
+            ]
         params = net.collect_params()
         params.reset_ctx(self.devices)
         net.hybridize(**hybridize)
@@ -69,15 +84,19 @@ class _MXRunner(Runner):
         self.trained_params, self.total_params = count_params(trained), count_params(params)
         self._exit = contextlib.ExitStack()
         self._exit.enter_context(head_multiplier(params, plan.param_group))
+        # a distributed job sums the workers' gradients on the parameter servers and
+        # every worker applies the same update itself (the servers keep no optimizer)
+        kv = {"kvstore": plan.job.kv, "update_on_kvstore": False} if plan.job else {}
         self.trainer = gluon.Trainer(
-            trained, "sgd", {"learning_rate": self.lr, "wd": plan.run.weight_decay}
+            trained, "sgd", {"learning_rate": self.lr, "wd": plan.run.weight_decay}, **kv
         )
         self.facts = {"precision_used": "fp32"}
 
-    def parts_step(self, module, X, y, inputs=None):
+    def parts_step(self, module, X, y, inputs=None, n=None):
         """One step over the device parts of (X, y): record `module` on `inputs`
-        (default the parts of X), backward, ``trainer.step(y.shape[0])``; returns
-        (losses, predictions, label parts)."""
+        (default the parts of X), backward, ``trainer.step(size)`` with the batch's own
+        size, or `n` (a distributed step: the global batch's, as the servers sum every
+        worker's gradient); returns (losses, predictions, label parts)."""
         Xs, ys = split(X, y, self.devices)
         inputs = Xs if inputs is None else inputs(Xs)
         with autograd.record():
@@ -85,8 +104,14 @@ class _MXRunner(Runner):
             ls = [self.loss(p, yi) for p, yi in zip(preds, ys, strict=True)]
         for part in ls:
             part.backward()
-        self.trainer.step(y.shape[0])
+        self.trainer.step(y.shape[0] if n is None else n)
         return ls, preds, ys
+
+    def global_size(self, step) -> int | None:
+        """The global batch size of step `step` of an epoch in a distributed run."""
+        if self.world == 1:
+            return None
+        return global_batch_size(self.num_train, self.plan.batch_size, step)
 
     def close(self):
         self._exit.close()
@@ -106,6 +131,10 @@ class BookRunner(_MXRunner):
         if freeze:
             self._exit.enter_context(frozen_backbone(net))
         self.num_batches = len(self.train_iter)
+        dataset = getattr(self.train_iter, "_dataset", None)
+        self.num_train = len(
+            dataset if dataset is not None else getattr(self.train_iter, "samples", ())
+        )
 
     def set_epoch(self, epoch, seed):
         set_fixed_epoch(self.train_iter, epoch)
@@ -118,15 +147,15 @@ class BookRunner(_MXRunner):
             if self.freeze
             else (net, None)
         )
-        for X, y in self.train_iter:
+        for k, (X, y) in enumerate(self.train_iter):
             t0 = time.perf_counter()
-            ls, preds, ys = self.parts_step(module, X, y, inputs)
+            ls, preds, ys = self.parts_step(module, X, y, inputs, self.global_size(k))
             batch_loss = sum(float(part.sum().asscalar()) for part in ls)
             correct = sum(int(_correct(p, yi).asscalar()) for p, yi in zip(preds, ys, strict=True))
             yield Step(y.shape[0], batch_loss, correct, time.perf_counter() - t0)
 
     def evaluate(self):
-        return evaluate_accuracy(self.net, self.test_iter, self.devices)
+        return evaluate_counts(self.net, self.test_iter, self.devices)
 
 
 class _FastBase(_MXRunner):
@@ -145,8 +174,10 @@ class _FastBase(_MXRunner):
             plan.batch_size,
             seed=plan.run.seed,
             decode_cache=pipe.decode_cache,
+            shard=(plan.world_size, plan.rank),
         )
-        self.num_batches = math.ceil(self.data.num_train / plan.batch_size)
+        self.num_train = self.data.num_train
+        self.num_batches = math.ceil(self.num_train / plan.batch_size)
         self.facts["data_setup_seconds"] = round(time.perf_counter() - t0, 3)
 
     def set_epoch(self, epoch, seed):
@@ -156,8 +187,8 @@ class _FastBase(_MXRunner):
         """Yield a Step per (X, y) of `batches` (device scalars), timed back to back."""
         ctx = self.devices[0]
         last = time.perf_counter() if start is None else start
-        for X, y in batches:
-            ls, preds, ys = self.parts_step(module, X, y, inputs)
+        for k, (X, y) in enumerate(batches):
+            ls, preds, ys = self.parts_step(module, X, y, inputs, self.global_size(k))
             loss = mx.nd.add_n(*[part.sum().as_in_context(ctx) for part in ls])
             correct = mx.nd.add_n(
                 *[_correct(p, yi).as_in_context(ctx) for p, yi in zip(preds, ys, strict=True)]
@@ -191,15 +222,15 @@ class FastRunner(_FastBase):
         return evaluate_fast(self.net, self.data, self.devices)
 
 
-def evaluate_fast(net, data, devices) -> float:
-    """Test accuracy over the fast pipeline's (book-identical) test batches."""
+def evaluate_fast(net, data, devices) -> tuple[int, int]:
+    """``(correct, total)`` over the fast pipeline's (book-identical) test batches."""
     correct = mx.nd.zeros((1,), ctx=devices[0], dtype="float64")
     n = 0
     for X, y in data.test_batches():
         for Xi, yi in zip(*split(X, y, devices), strict=True):
             correct += _correct(net(Xi), yi).as_in_context(devices[0]).astype("float64")
         n += y.shape[0]
-    return int(correct.asscalar()) / max(n, 1)
+    return int(correct.asscalar()), n
 
 
 class FastFrozenRunner(_FastBase):
@@ -211,7 +242,7 @@ class FastFrozenRunner(_FastBase):
         self._exit.enter_context(frozen_backbone(net))
         self.ctx = self.devices[0]
         self.passes = plan.pipeline.feature_passes
-        self.cached, self.test_f = {}, None
+        self.cached, self.test_f, self.test_y = {}, None, None
         self.labels = mx.nd.array(self.data.train_labels, ctx=self.ctx, dtype="int32")
 
     def _features(self, batches):
@@ -222,31 +253,37 @@ class FastFrozenRunner(_FastBase):
     def _pass(self, p):
         if p not in self.cached:
             self.data.set_epoch(p)
-            self.cached[p] = self._features(X for X, _ in self.data.train_batches(False))
+            # every image's features (a worker's steps take any of them)
+            batches = self.data.train_batches(False, sharded=False)
+            self.cached[p] = self._features(X for X, _ in batches)
         return self.cached[p]
 
     def train_epoch(self, epoch):
         start = time.perf_counter()  # feature passes count as training time
         data = self.data
         if self.test_f is None:
-            self.test_f = self._features(X for X, _ in data.test_batches())
+            test = list(data.test_batches())
+            self.test_f = self._features(X for X, _ in test) if test else None
+            self.test_y = mx.nd.concat(*[y for _, y in test], dim=0) if test else None
         feats = self._pass(epoch % self.passes)
         data.set_epoch(epoch)
+        shard_of = (data.world, data.rank)
 
         def batches():
-            for b in epoch_batches(data.rng, data.num_train, data.batch_size):
+            for b, _ in epoch_draws(
+                data.rng, data.num_train, data.batch_size, None, True, shard_of
+            ):
                 bi = mx.nd.array(b, ctx=self.ctx, dtype="int32")
                 yield mx.nd.take(feats, bi), mx.nd.take(self.labels, bi)
 
         yield from self.steps(self.net.output, batches(), start)
 
     def evaluate(self):
-        labels = self.data.test_labels
-        if not len(labels):
-            return 0.0
+        if self.test_y is None:
+            return 0, 0
         out = self.net.output(self.test_f)
-        test_y = mx.nd.array(labels, ctx=self.ctx).astype(out.dtype)
-        return int((out.argmax(axis=1) == test_y).sum().asscalar()) / len(labels)
+        test_y = self.test_y.as_in_context(self.ctx).astype(out.dtype)
+        return int((out.argmax(axis=1) == test_y).sum().asscalar()), test_y.shape[0]
 
 
 def make_runner(net, plan, batches=None) -> Runner:

@@ -5,12 +5,14 @@ the backbone (exercise 3)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
+from ...engine.dist import DEFAULT_TIMEOUT, Job, dmlc_role
 from ...engine.options import Precision
 
 PRECISIONS = Precision.__args__
@@ -97,3 +99,39 @@ def features(net, X):
     """The backbone's output (the head's input) as (B, C), in prediction mode."""
     f = net.features(X)
     return f.reshape((f.shape[0], -1))
+
+
+# ------------------------------------------------------------------ distributed (ps-lite)
+
+_KV = {}
+_METRICS_KEY = 1_000_003  # a kvstore key of its own, beyond the parameters' indices
+
+
+class PSJob(Job):
+    """A worker of an MXNet parameter-server job (``kvstore='dist_sync'``)."""
+
+    def all_reduce_sum(self, values):
+        kv = self.kv
+        arr = mx.nd.array([float(v) for v in values], dtype="float64")
+        key = _METRICS_KEY + len(values)
+        if key not in self._keys:
+            kv.init(key, mx.nd.zeros(arr.shape, dtype="float64"))
+            self._keys.add(key)
+        kv.push(key, arr)
+        out = mx.nd.zeros(arr.shape, dtype="float64")
+        kv.pull(key, out=out)
+        return [float(v) for v in out.asnumpy()]
+
+
+def join_job(timeout: float = DEFAULT_TIMEOUT) -> Job | None:
+    """The parameter-server job this process is a worker of (DMLC_ROLE=worker and the
+    other DMLC_* variables set by the launcher), its ``dist_sync`` kvstore created once;
+    None outside such a job or when it has one worker."""
+    if dmlc_role() != "worker" or int(os.environ.get("DMLC_NUM_WORKER", "1")) < 2:
+        return None
+    if "kv" not in _KV:
+        _KV["kv"] = mx.kv.create("dist_sync")
+    kv = _KV["kv"]
+    job = PSJob(rank=kv.rank, world_size=kv.num_workers, engine="mxnet kvstore dist_sync")
+    job.kv, job._keys = kv, _KV.setdefault("keys", set())
+    return job

@@ -24,6 +24,7 @@ from .models import (
 from .runners import evaluate_accuracy, make_runner  # noqa: E402
 from .runtime import (
     all_devices,
+    join_job,
     param_groups,
     resolve_precision,  # noqa: E402
     seed_everything,
@@ -42,6 +43,7 @@ __all__ = [
     "head_arrays",
     "image_folder",
     "imagenet_classes",
+    "join_job",
     "load_state_arrays",
     "logits",
     "make_loaders",

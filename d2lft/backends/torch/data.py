@@ -10,6 +10,8 @@ from torchvision import transforms
 
 from ...data.folders import list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
+from ...data.shards import shard as shard_of
+from ...data.shards import sharded_batches
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
@@ -84,6 +86,23 @@ def default_num_workers() -> int:
     return 0 if n <= 2 else min(8, n - 1)
 
 
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """A distributed worker's batches: each epoch the permutation RandomSampler would
+    draw from `generator` (the same on every worker), split into global batches, of
+    which this rank keeps its shard (`d2lft.engine.dist.shard`)."""
+
+    def __init__(self, n, batch_size, world, rank, generator):
+        self.n, self.batch_size, self.world, self.rank = n, batch_size, world, rank
+        self.generator = generator
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        yield from sharded_batches(order, self.batch_size, self.world, self.rank)
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+
 def make_loaders(
     data_dir,
     batch_size,
@@ -92,8 +111,11 @@ def make_loaders(
     seed=None,
     shuffle=True,
     pin_memory=False,
+    shard=(1, 0),
 ):
-    """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`."""
+    """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`. `shard`:
+    ``(world, rank)`` of a distributed worker, which then reads its shard of every
+    training batch (`seed` required) and its part of the test set."""
     num_workers = default_num_workers() if num_workers is None else num_workers
     generator = None
     if seed is not None:
@@ -109,6 +131,16 @@ def make_loaders(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0 and seed is None,
     )
+    world, rank = shard
+    if world > 1:
+        sampler = ShardedBatchSampler(len(train), batch_size, world, rank, generator)
+        train_iter = torch.utils.data.DataLoader(train, batch_sampler=sampler, **kw)
+        train_iter.generator = generator  # reseeded per epoch, as a plain loader's
+        mine = list(shard_of(range(len(test)), world, rank))
+        test_iter = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(test, mine), batch_size, **kw
+        )
+        return train_iter, test_iter
     train_iter = torch.utils.data.DataLoader(
         train, batch_size, shuffle=shuffle, generator=generator, **kw
     )

@@ -31,9 +31,10 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.ops import roi_align
 
-from ...data.crops import epoch_batches, run_seed, sample_resized_crops, stored_boxes
+from ...data.crops import epoch_draws, run_seed, sample_resized_crops, stored_boxes
 from ...data.decode_cache import get_cache, train_store
 from ...data.images import load_rgb
+from ...data.shards import shard_bounds
 from ...engine.loop import epoch_seed
 from .data import MEAN, STD, image_folder, test_resize
 from .gpu_decode import decoder
@@ -172,8 +173,10 @@ class FastData:
         seed=None,
         decode_cache="memory",
         augment=None,
+        shard=(1, 0),
     ):
         self.device = torch.device(device)
+        self.world, self.rank = shard
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.image_size = image_size
@@ -238,16 +241,20 @@ class FastData:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
-    def train_batches(self, shuffle=True):
-        """One epoch of (X, y, idx): X normalised float32 channels_last on the device."""
-        batches = epoch_batches(self.rng, self.num_train, self.batch_size, shuffle)
+    def train_batches(self, shuffle=True, sharded=True):
+        """One epoch of (X, y, idx): X normalised float32 channels_last on the device
+        (a distributed worker's shards of the batches unless `sharded=False`)."""
+        world = self.world if sharded else 1
+        draws = epoch_draws(
+            self.rng, self.num_train, self.batch_size, self._draw, shuffle, (world, self.rank)
+        )
+        batches = [b for b, _ in draws]
         idx_dev = [torch.from_numpy(b).to(self.device, non_blocking=True) for b in batches]
         if self.augment == "roi_align":
-            for b, bd in zip(batches, idx_dev, strict=True):
-                X = self.dev_images.crops(b, *self._draw(b), self.image_size, self.norm)
+            for (b, d), bd in zip(draws, idx_dev, strict=True):
+                X = self.dev_images.crops(b, *d, self.image_size, self.norm)
                 yield X, self.y_train[bd], b
             return
-        draws = [(b, self._draw(b)) for b in batches]  # drawn here: same stream as roi_align
         for u8, b, bd in zip(
             _prefetch(lambda d: pil_crops(self.train, d[0], *d[1], self.image_size), draws),
             batches,
@@ -257,12 +264,14 @@ class FastData:
             yield self.norm(self._to_device(u8)), self.y_train[bd], b
 
     def test_batches(self):
-        n = len(self.test_labels)
-        for s in range(0, n, self.batch_size):
-            u8 = self.test_u8[s : s + self.batch_size]
+        """This worker's part of the test set (all of it outside a distributed run)."""
+        lo, hi = shard_bounds(len(self.test_labels), self.world, self.rank)
+        for s in range(lo, hi, self.batch_size):
+            e = min(s + self.batch_size, hi)
+            u8 = self.test_u8[s:e]
             if u8.device.type == "cpu" and self.device.type != "cpu":
                 u8 = (u8.pin_memory() if self.pin else u8).to(self.device, non_blocking=True)
-            yield self.norm(u8), self.y_test[s : s + self.batch_size]
+            yield self.norm(u8), self.y_test[s:e]
 
 
 def _prefetch(fn, items, depth=2):

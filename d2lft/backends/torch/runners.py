@@ -25,7 +25,7 @@ import time
 import torch
 from torch import nn
 
-from ...data.crops import epoch_batches
+from ...data.crops import epoch_draws
 from ...engine.loop import Runner, Step, book_batches, set_fixed_epoch
 from .data import make_loaders
 from .fastdata import FastData
@@ -46,8 +46,8 @@ from .runtime import (
 )
 
 
-def evaluate_accuracy(net, data_iter, device=None) -> float:
-    """Accuracy of `net` over `data_iter` (eval mode, no gradients)."""
+def evaluate_counts(net, data_iter, device=None) -> tuple[int, int]:
+    """``(correct, total)`` of `net` over `data_iter` (eval mode, no gradients)."""
     device = device or next(net.parameters()).device
     net.eval()
     correct = total = 0
@@ -56,6 +56,12 @@ def evaluate_accuracy(net, data_iter, device=None) -> float:
             X, y = X.to(device), y.to(device)
             correct += (net(X).argmax(dim=1) == y).sum().item()
             total += y.numel()
+    return correct, total
+
+
+def evaluate_accuracy(net, data_iter, device=None) -> float:
+    """Accuracy of `net` over `data_iter` (eval mode, no gradients)."""
+    correct, total = evaluate_counts(net, data_iter, device)
     return correct / max(total, 1)
 
 
@@ -71,6 +77,9 @@ class _TorchRunner(Runner):
         self.net, self.plan, self.lr = net, plan, plan.learning_rate
         devices = plan.run.devices
         self.devices = [torch.device(d) for d in devices] if devices else all_devices()
+        self.world = plan.world_size
+        if plan.job is not None:  # a distributed worker: one device, its own
+            self.devices = [plan.job.device]
         self.device = self.devices[0]
         self.loss = nn.CrossEntropyLoss(reduction="none")
         self.trained_params = count_params(trained)
@@ -86,9 +95,23 @@ class _TorchRunner(Runner):
         )
 
     def parallel(self, module):
+        """`module` on this runner's device, replicated as the run needs: across the
+        workers of a distributed job (DistributedDataParallel, which averages the
+        gradients: `backward` scales the summed loss by the world size to keep the
+        chapter's summed gradient), or the GPUs of this process (the book's
+        DataParallel)."""
+        module.to(self.device)
+        if self.world > 1:
+            ids = [self.device] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids)
         if len(self.devices) > 1:
             return nn.DataParallel(module, device_ids=self.devices)
         return module
+
+    def backward(self, l):
+        """The chapter's summed loss, backward (times the world size under DDP, whose
+        gradient is the workers' mean: the sum over the global batch is then kept)."""
+        (l.sum() * self.world if self.world > 1 else l.sum()).backward()
 
     def device_peak_mb(self):
         return device_peak_mb(self.devices)
@@ -111,7 +134,6 @@ class BookRunner(_TorchRunner):
             self._exit.enter_context(frozen_backbone(net))
         self.trainer = self.optimizer(getattr(net, HEAD) if freeze else net)
         self.model = self.parallel(net)
-        self.model.to(self.device)
         self.num_batches = len(self.train_iter)
         self.facts = {"precision_used": "fp32"}
 
@@ -130,7 +152,7 @@ class BookRunner(_TorchRunner):
             self.trainer.zero_grad()
             pred = self.model(X)
             l = self.loss(pred, y)  # noqa: E741 - the book's name
-            l.sum().backward()
+            self.backward(l)
             self.trainer.step()
             with torch.no_grad():
                 batch_loss = float(l.sum())
@@ -138,7 +160,7 @@ class BookRunner(_TorchRunner):
             yield Step(y.numel(), batch_loss, correct, time.perf_counter() - t0)
 
     def evaluate(self):
-        return evaluate_accuracy(self.model, self.test_iter, self.device)
+        return evaluate_counts(self.model, self.test_iter, self.device)
 
 
 class _FastBase(_TorchRunner):
@@ -161,6 +183,7 @@ class _FastBase(_TorchRunner):
             seed=plan.run.seed,
             decode_cache=pipe.decode_cache,
             augment=pipe.augment,
+            shard=(plan.world_size, plan.rank),
         )
         self.num_batches = math.ceil(self.data.num_train / plan.batch_size)
         self.facts = {
@@ -179,7 +202,7 @@ class _FastBase(_TorchRunner):
             pred = module(X)
         l = self.loss(pred.float(), y)  # noqa: E741 - the book's name
         self.trainer.zero_grad(set_to_none=True)
-        l.sum().backward()
+        self.backward(l)
         self.trainer.step()
         with torch.no_grad():
             return l.detach().sum().double(), (pred.detach().argmax(dim=1) == y).sum()
@@ -231,8 +254,8 @@ class FastRunner(_FastBase):
         return evaluate_fast(self.model, self.data, self.precision)
 
 
-def evaluate_fast(model, data, precision) -> float:
-    """Test accuracy over the fast pipeline's (book-identical) test batches."""
+def evaluate_fast(model, data, precision) -> tuple[int, int]:
+    """``(correct, total)`` over the fast pipeline's (book-identical) test batches."""
     device = data.device
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -241,7 +264,7 @@ def evaluate_fast(model, data, precision) -> float:
         for X, y in data.test_batches():
             correct += (model(X).argmax(dim=1) == y).sum()
             n += y.shape[0]
-    return int(correct) / max(n, 1)
+    return int(correct), n
 
 
 def extract_features(net, batches, device, precision, compile=False):
@@ -267,8 +290,9 @@ class FastFrozenRunner(_FastBase):
         self._exit.enter_context(frozen_backbone(net))
         self.head = getattr(net, HEAD)
         self.trainer = self.optimizer(self.head)
+        self.head_model = self.parallel(self.head)  # DDP across workers, if any
         self.passes, self.compile = plan.pipeline.feature_passes, plan.pipeline.compile
-        self.cached, self.test_f = {}, None
+        self.cached, self.test_f, self.test_y = {}, None, None
 
     def _features(self, batches):
         return extract_features(self.net, batches, self.device, self.precision, self.compile)
@@ -276,30 +300,37 @@ class FastFrozenRunner(_FastBase):
     def _pass(self, p):
         if p not in self.cached:
             self.data.set_epoch(p)
-            self.cached[p] = self._features(X for X, _, _ in self.data.train_batches(False))
+            # every image's features (a worker's steps take any of them)
+            batches = self.data.train_batches(False, sharded=False)
+            self.cached[p] = self._features(X for X, _, _ in batches)
         return self.cached[p]
 
     def train_epoch(self, epoch):
         start = time.perf_counter()  # feature passes count as training time
         if self.test_f is None:
-            self.test_f = self._features(X for X, _ in self.data.test_batches())
+            test = list(self.data.test_batches())
+            self.test_f = self._features(X for X, _ in test)
+            self.test_y = torch.cat([y for _, y in test]) if test else None
         feats = self._pass(epoch % self.passes)
         data = self.data
         data.set_epoch(epoch)
+        shard_of = (data.world, data.rank)
 
         def batches():
-            for b in epoch_batches(data.rng, data.num_train, data.batch_size):
+            for b, _ in epoch_draws(
+                data.rng, data.num_train, data.batch_size, None, True, shard_of
+            ):
                 bd = torch.from_numpy(b).to(self.device, non_blocking=True)
-                yield self.head, feats[bd], data.y_train[bd], False
+                yield self.head_model, feats[bd], data.y_train[bd], False
 
         yield from self.steps(batches(), start)
 
     def evaluate(self):
-        if not len(self.test_f):
-            return 0.0
+        if self.test_y is None:
+            return 0, 0
         with torch.no_grad():
-            correct = int((self.head(self.test_f).argmax(dim=1) == self.data.y_test).sum())
-        return correct / max(len(self.data.y_test), 1)
+            correct = int((self.head(self.test_f).argmax(dim=1) == self.test_y).sum())
+        return correct, len(self.test_y)
 
 
 def make_runner(net, plan, batches=None) -> Runner:

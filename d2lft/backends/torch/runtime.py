@@ -5,12 +5,16 @@ and freezing the backbone (exercise 3)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
 import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from ...engine.dist import DEFAULT_TIMEOUT, Job, torchrun_world
 from ...engine.options import Precision
 from .models import HEAD
 
@@ -234,3 +238,45 @@ def headless(net):
         yield net
     finally:
         setattr(net, HEAD, head)
+
+
+# ------------------------------------------------------------------ distributed (torchrun)
+
+
+class TorchJob(Job):
+    """A worker of a torch.distributed job (gloo on the CPU, nccl on CUDA)."""
+
+    def all_reduce_sum(self, values):
+        t = torch.tensor(
+            [float(v) for v in values],
+            dtype=torch.float64,
+            device=self.device if self.device.type == "cuda" else "cpu",
+        )
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().tolist()
+
+
+def join_job(timeout: float = DEFAULT_TIMEOUT) -> Job | None:
+    """The torchrun job this process belongs to (RANK / WORLD_SIZE / MASTER_ADDR set by
+    torchrun), its process group initialised once; None outside a job of two or more."""
+    world = torchrun_world()
+    if world is None or world < 2:
+        return None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = (
+        torch.device("cuda", local % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    )
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout)
+        )
+    job = TorchJob(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        engine="torch.distributed (" + dist.get_backend() + ")",
+    )
+    job.device = device
+    return job
