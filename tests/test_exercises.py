@@ -331,10 +331,10 @@ def test_train_on_a_zip_of_one_folder_with_val_fraction(
 # --------------------------------------------------------------------------- progress bar
 
 
-def _plan(**run):
+def _plan(rank=0, **run):
     import types
 
-    return types.SimpleNamespace(run=d2lft.RunSpec(**run))
+    return types.SimpleNamespace(run=d2lft.RunSpec(**run), rank=rank)
 
 
 def test_progress_bar_and_switch(monkeypatch, capsys):
@@ -368,6 +368,9 @@ def test_progress_bar_and_switch(monkeypatch, capsys):
     names = [type(c).__name__ for c in d2lft.api.default_callbacks(_plan())]
     assert names == ["HeapRetention", "ProgressBar", "BookPrinter"]
     names = [type(c).__name__ for c in d2lft.api.default_callbacks(_plan(verbose=False))]
+    assert names == ["HeapRetention"]
+    # a distributed worker other than rank 0 neither prints nor draws
+    names = [type(c).__name__ for c in d2lft.api.default_callbacks(_plan(rank=1))]
     assert names == ["HeapRetention"]
 
 
