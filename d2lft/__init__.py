@@ -45,6 +45,7 @@ from .engine.history import History
 from .engine.loop import TrainingDiverged
 from .engine.options import (
     BOOK_WEIGHT_DECAY,
+    AutoPipeline,
     BookLoop,
     FastPipeline,
     FixedBatches,
@@ -81,6 +82,7 @@ __all__ = [
     "LOSS_REDUCTION",
     "HOTDOG_SHA1",
     "HOTDOG_URL",
+    "AutoPipeline",
     "BackendSpec",
     "BadImageError",
     "BookLoop",

@@ -11,11 +11,13 @@ import dataclasses
 import os
 import pathlib
 import random
+import shutil
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from .backends import _registry
 from .data import hub
+from .data.decode_cache import get_cache, plan_store
 from .data.folders import check_image_folder, list_images
 from .data.split import resolve_images
 from .engine import callbacks as cb
@@ -24,6 +26,8 @@ from .engine.history import History
 from .engine.loop import fit
 from .engine.options import (
     BOOK_WEIGHT_DECAY,
+    BookLoop,
+    FastPipeline,
     Pipeline,
     RunSpec,
     TrainPlan,
@@ -205,6 +209,7 @@ def plan_run(
         folder = hub.resolve_data_dir(data_dir) if data_dir is not None else hub.download_hotdog()
     classes = check_image_folder(folder / "train")
     _check_head_fits(backend, net, classes, folder)
+    pipeline, choice, on_disk = choose_pipeline(pipeline, folder, image_size)
     job = backend.join_job(run.dist_timeout)
     if job is not None:
         run = _join(job, run, folder, batch_size)
@@ -221,7 +226,64 @@ def plan_run(
         pipeline=pipeline,
         run=run,
         job=job,
+        pipeline_choice=choice,
+        store_on_disk=on_disk,
     )
+
+
+def choose_pipeline(pipeline: Pipeline, folder, image_size: int) -> tuple[Pipeline, str, bool]:
+    """``(pipeline to run, why, whether its decoded images stay on disk)``. 'auto' runs
+    the fast pipeline when its decoded images fit the memory budget, else the fast
+    pipeline with them on disk when the disk has room, else the book's loop (see
+    :class:`AutoPipeline`). An explicit fast pipeline keeps them on disk when they
+    exceed its budget, so it never needs more memory than that, and is refused when
+    the disk has no room for them either."""
+    if pipeline.name not in ("auto", "fast"):
+        return pipeline, "", False
+    train = [p for p, _ in list_images(folder / "train")[1]]
+    store = plan_store(
+        train, len(list_images(folder / "test")[1]), image_size, pipeline.memory_budget_mb
+    )
+    fast = (
+        pipeline
+        if pipeline.name == "fast"
+        else FastPipeline(freeze=pipeline.freeze, memory_budget_mb=pipeline.memory_budget_mb)
+    )
+    asked = " (asked for)" if pipeline.name == "fast" else ""
+    if not store.on_disk:
+        return fast, f"fast{asked}: {store.describe()}", False
+    where = get_cache(fast.decode_cache).disk_folder
+    free = _free_bytes(where)
+    gb = 2**30
+    if free > 1.2 * store.total:
+        return (
+            fast,
+            f"fast{asked} with its decoded images on disk ({where}): {store.describe()}, "
+            f"{free / gb:.1f} GB free there",
+            True,
+        )
+    if pipeline.name == "fast":
+        raise ValueError(
+            f"the fast pipeline needs {store.total / gb:.2f} GB for its decoded images: "
+            f"more than its memory budget ({store.budget / gb:.2f} GB; raise "
+            f"memory_budget_mb / --memory-budget-mb if the machine has the memory) and "
+            f"more than the {free / gb:.1f} GB free on the disk of {where} (free space "
+            f"there or give decode_cache= a folder on a larger disk); or use the book's "
+            f"loop (pipeline='book'), which needs neither"
+        )
+    return (
+        BookLoop(freeze=pipeline.freeze),
+        f"book: {store.describe()} and {free / gb:.1f} GB free on disk ({where}) for them",
+        False,
+    )
+
+
+def _free_bytes(folder: pathlib.Path) -> int:
+    """Free bytes on the disk that holds `folder` (or its nearest existing parent)."""
+    folder = pathlib.Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def _join(job, run: RunSpec, folder, batch_size: int) -> RunSpec:

@@ -101,10 +101,11 @@ def _add_option_flags(p, names=None):
     p.add_argument(
         "--pipeline",
         choices=tuple(PIPELINES),
-        default="book",
-        help="book: the chapter's loop (default); fast: decode once, crop in "
-        "batches, bf16 where the hardware has it (docs/speed.md); fixed: "
-        "deterministic batches both backends see identically (docs/parity.md)",
+        default="auto",
+        help="auto (default): fast where its decoded images fit memory or disk, else "
+        "book; book: the chapter's loop; fast: decode once, crop in batches, bf16 where "
+        "the hardware has it (docs/speed.md); fixed: deterministic batches both "
+        "backends see identically (docs/parity.md)",
     )
     for name, (f, hint, _) in _option_fields().items():
         if names is None or name in names:
@@ -126,6 +127,11 @@ def _given(value) -> bool:
     return value is not None and value is not False
 
 
+def _either(names) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _pipeline(args):
     cls = PIPELINES[args.pipeline]
     own = {f.name for f in dataclasses.fields(cls)}
@@ -140,7 +146,7 @@ def _pipeline(args):
         raise ValueError(
             "; ".join(
                 f"{_flag(n)} is an option of --pipeline "
-                f"{' or '.join(fits[n])}, not of --pipeline {args.pipeline}"
+                f"{_either(fits[n])}, not of --pipeline {args.pipeline}"
                 for n in wrong
             )
         )

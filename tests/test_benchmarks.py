@@ -147,3 +147,46 @@ def test_bench_dist_tiny(tmp_path, toy_data):
         )
         for r in runs
     )
+
+
+@pytest.mark.slow
+def test_bench_memory_tiny(tmp_path):
+    import bench_memory
+
+    bench_memory.main(
+        [
+            "--sizes",
+            "200",
+            "--backends",
+            "torch",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--memory-budget-mb",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    rec = _one(tmp_path, "*-memory-scaling*.json")
+    rows = {r["pipeline"]: r for r in rec["rows"]}
+    assert set(rows) == {"book", "fast", "fast-unbounded"}
+    assert rows["fast"]["store_on_disk"] is True
+    assert rows["fast-unbounded"]["store_on_disk"] is False
+    assert all(r["images_per_sec"] > 0 and r["peak_host_mb"] > 0 for r in rows.values())
+    assert list(tmp_path.glob("*-memory-scaling*.png"))
+
+
+@pytest.mark.slow
+def test_mxnet_bf16_tiny(tmp_path):
+    import mxnet_bf16
+
+    args = "--image-size 32 --batch-size 4 --steps 2 --warmup 1 --rounds 1 --out"
+    mxnet_bf16.main([*args.split(), str(tmp_path)])
+    rec = _one(tmp_path, "*-mxnet-bf16*.json")
+    assert [r["precision"] for r in rec["rows"]] == ["fp32", "bf16"]
+    assert rec["rows"][1]["output_dtype"] != rec["rows"][0]["output_dtype"]  # AMP took hold
+    assert all(r["finite_grads"] and r["images_per_sec"] > 0 for r in rec["rows"])

@@ -228,12 +228,16 @@ def test_cli_flags_come_from_the_options():
     [
         (
             ["--precision", "bf16"],
-            "--precision is an option of --pipeline fast, not of --pipeline book",
+            "--precision is an option of --pipeline fast, not of --pipeline auto",
         ),
-        (["--pipeline", "fixed", "--freeze"], "--freeze is an option of --pipeline book or fast"),
+        (
+            ["--pipeline", "fixed", "--freeze"],
+            "--freeze is an option of --pipeline auto, book or fast",
+        ),
         (["--pipeline", "fast", "--feature-passes", "0", "--freeze"], "--feature-passes: "),
         (["--pipeline", "fast", "--feature-passes", "2"], "needs freeze=True"),
-        (["--workers", "-1"], "--workers: workers must be an integer >= 0"),
+        (["--pipeline", "book", "--workers", "-1"], "--workers: workers must be an integer >= 0"),
+        (["--workers", "2"], "--workers is an option of --pipeline book, not of --pipeline auto"),
         (["--weight-decay", "-1"], "--weight-decay: weight_decay must be"),
         (["--val-fraction", "1.5"], "--val-fraction: val_fraction must be"),
     ],

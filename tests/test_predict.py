@@ -103,7 +103,8 @@ def test_predict_uses_the_test_transform(backend, data):
         want = mx.nd.softmax(net(x.expand_dims(0)))[0].asnumpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
     other_size = d2lft.predict(net, [path], image_size=48)[0].probs
-    assert not np.allclose(other_size, got, atol=1e-6)
+    # relative: a confident net's small probability still moves with the input size
+    assert not np.allclose(other_size, got, rtol=1e-3, atol=0)
 
 
 def test_evaluate_matches_training_accuracy_and_orders_mistakes(backend, data, tmp_path):

@@ -52,8 +52,9 @@ def test_scratch_learns_separable_data(backend, easy_data, capsys):
     assert again.to_dict() == h.to_dict()
 
 
+@pytest.mark.parametrize("pipeline", ["book", None])  # None: the default, 'auto'
 @pytest.mark.parametrize("batch_size", [64, 48, 7])
-def test_any_number_of_batches(backend, toy_data, batch_size):
+def test_any_number_of_batches(backend, toy_data, batch_size, pipeline):
     """The book's MXNet helper divides by num_batches // 5 (ZeroDivisionError below 5
     batches) and its torch helper indexes devices[0] of [] on CPU (IndexError)."""
     net = d2lft.build_finetune_net(pretrained=False)
@@ -64,9 +65,11 @@ def test_any_number_of_batches(backend, toy_data, batch_size):
         num_epochs=1,
         data_dir=toy_data,
         image_size=32,
+        pipeline=pipeline,
         run=d2lft.RunSpec(verbose=False),
     )
     assert h.epochs == 1 and h.num_examples == 48 and math.isfinite(h.train_loss[0])
+    assert h.config["pipeline"] == ("book" if pipeline else "fast")
 
 
 def seed_framework(backend, seed):

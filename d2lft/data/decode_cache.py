@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -78,12 +79,18 @@ class ImageStore:
     def nbytes(self) -> int:
         return int(self.data.nbytes)
 
+    on_disk = False
+
     def stack(self) -> np.ndarray:
         """All images as one (N, h, w, 3) array (they must share one shape)."""
         if len(self) and not (self.shapes == self.shapes[0]).all():
             raise ValueError("images of different sizes cannot be stacked")
         h, w = (int(v) for v in self.shapes[0]) if len(self) else (0, 0)
         return self.data.reshape(len(self), h, w, 3)
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Images `lo` to `hi` (exclusive) as one (n, h, w, 3) array (one shape)."""
+        return self.stack()[lo:hi]
 
     @classmethod
     def from_arrays(cls, arrays, origs, keys):
@@ -104,6 +111,161 @@ class ImageStore:
         return cls(
             data, offsets, shapes, np.array(origs, dtype=np.int64).reshape(-1, 2), list(keys)
         )
+
+
+class DiskImageStore:
+    """The images of an :class:`ImageStore` kept in one raw file on disk and read when
+    asked for (``os.pread``), so that resident memory does not grow with the dataset
+    (only the index is in memory: four numbers an image). Made by
+    :func:`write_disk_store`; the same reading methods as ImageStore."""
+
+    on_disk = True
+
+    def __init__(self, path, offsets, shapes, orig, keys):
+        self.path = pathlib.Path(path)
+        self.offsets, self.shapes, self.orig, self.keys = offsets, shapes, orig, list(keys)
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _read(self, offset: int, size: int) -> np.ndarray:
+        buf = bytearray(size)  # writable, as arrays made from decoding are
+        if os.preadv(self._fd, [buf], offset) != size:
+            raise OSError(
+                f"{self.path} is shorter than its index says (truncated?): "
+                f"delete it to decode the images again"
+            )
+        return np.frombuffer(buf, dtype=np.uint8)
+
+    def image(self, k: int) -> np.ndarray:
+        h, w = (int(v) for v in self.shapes[k])
+        return self._read(int(self.offsets[k]), h * w * 3).reshape(h, w, 3)
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Images `lo` to `hi` (exclusive), which must share one shape, in one read."""
+        if hi <= lo:
+            return (
+                np.zeros((0, *self.shapes[0], 3), np.uint8)
+                if len(self)
+                else np.zeros((0, 0, 0, 3), np.uint8)
+            )
+        h, w = (int(v) for v in self.shapes[lo])
+        if not (self.shapes[lo:hi] == (h, w)).all():
+            raise ValueError("images of different sizes cannot be read as rows")
+        return self._read(int(self.offsets[lo]), (hi - lo) * h * w * 3).reshape(-1, h, w, 3)
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # resident: the index only
+
+    @property
+    def disk_bytes(self) -> int:
+        return int((self.shapes[:, 0] * self.shapes[:, 1] * 3).sum())
+
+
+def write_disk_store(target, paths, keys, fn, *, workers=1, batch_fn=None, chunk=256):
+    """Decode `paths` (``fn(path) -> (HxWx3 uint8, (orig h, orig w))``, or `batch_fn`
+    on a list) `chunk` at a time, appending them to the raw file `target` and its
+    index ``target + '.index.npz'``, both written beside and renamed into place (a
+    store is complete when its index exists). Memory: one chunk. Returns the store."""
+    target = pathlib.Path(target)
+    index = target.with_name(target.name + ".index.npz")
+    offsets, shapes, origs, pos = [], [], [], 0
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        pool = concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else None
+        try:
+            for start in range(0, len(paths), chunk):
+                part = paths[start : start + chunk]
+                if batch_fn is not None:
+                    results = batch_fn(part)
+                elif pool is not None:
+                    results = list(pool.map(fn, part))
+                else:
+                    results = [fn(p) for p in part]
+                for p, (arr, orig) in zip(part, results, strict=True):
+                    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+                        raise ValueError(
+                            f"expected an HxWx3 uint8 image for {p}, got {arr.dtype} {arr.shape}"
+                        )
+                    f.write(np.ascontiguousarray(arr).tobytes())
+                    offsets.append(pos)
+                    shapes.append(arr.shape[:2])
+                    origs.append(orig)
+                    pos += arr.nbytes
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    arrays = {
+        "offsets": np.array(offsets, np.int64),
+        "shapes": np.array(shapes, np.int64).reshape(-1, 2),
+        "orig": np.array(origs, np.int64).reshape(-1, 2),
+        "meta": np.array(json.dumps({"format": _FORMAT, "keys": list(keys)})),
+    }
+    with atomic_path(index) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return DiskImageStore(target, arrays["offsets"], arrays["shapes"], arrays["orig"], keys)
+
+
+def read_disk_store(target, keys):
+    """The complete store at `target` if its index lists exactly `keys`, else None."""
+    target = pathlib.Path(target)
+    index = target.with_name(target.name + ".index.npz")
+    if not (index.is_file() and target.is_file()):
+        return None
+    try:
+        with np.load(index, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != _FORMAT or meta.get("keys") != list(keys):
+                return None
+            store = DiskImageStore(target, z["offsets"], z["shapes"], z["orig"], keys)
+    except Exception as err:  # a damaged index: decoded again, never trusted
+        warnings.warn(
+            f"ignoring unreadable decoded store {index} ({err}); decoding again", stacklevel=3
+        )
+        return None
+    if target.stat().st_size != store.disk_bytes:
+        return None
+    return store
+
+
+def estimate_bytes(paths, max_short=None) -> int:
+    """The bytes the images at `paths` take decoded (HxWx3, short side at most
+    `max_short`), from their headers (no decoding)."""
+    from PIL import Image
+
+    total = 0
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue  # named later, by the decoder
+        sh, sw = reduced_size(h, w, max_short)
+        total += sh * sw * 3
+    return total
+
+
+def memory_budget_bytes(budget_mb=None) -> int:
+    """The bytes of decoded images a run may keep in memory: `budget_mb` MiB, else a
+    quarter of the memory available now (/proc/meminfo's MemAvailable; 4 GiB where
+    unknown)."""
+    if budget_mb is not None:
+        return int(budget_mb) * 2**20
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 * 2**30
 
 
 def file_key(path) -> str:
@@ -175,12 +337,12 @@ class DecodeCache:
         with self._lock:
             self._packs.clear()
 
-    def _pack_path(self, kind, paths):
+    def _pack_path(self, kind, paths, folder=None):
         digest = hashlib.sha1(
             "\n".join(os.path.abspath(os.fspath(p)) for p in paths).encode()
         ).hexdigest()[:16]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in kind)
-        return self.cache_dir / f"{safe}-{digest}.npz"
+        return (folder or self.cache_dir) / f"{safe}-{digest}.npz"
 
     def load(self, paths, kind: str, fn, threads=True, batch_fn=None) -> ImageStore:
         """The store for `paths` transformed by ``fn(path) -> (uint8 HxWx3, (h, w))``.
@@ -231,6 +393,34 @@ class DecodeCache:
                 self._packs[mem_key] = store
                 while sum(s.nbytes for s in self._packs.values()) > self.memory_bytes:
                     self._packs.popitem(last=False)
+        return store
+
+    @property
+    def disk_folder(self) -> pathlib.Path:
+        """Where :meth:`load_on_disk` keeps its stores: this cache's folder, else
+        ``$D2LFT_HOME/decoded``."""
+        return self.cache_dir if self.cache_dir is not None else cache_dir() / "decoded"
+
+    def load_on_disk(self, paths, kind: str, fn, threads=True, batch_fn=None):
+        """The store for `paths` (as :meth:`load`) kept on disk and read per image: in
+        this cache's folder, else ``$D2LFT_HOME/decoded``; reused while every file is
+        unchanged (a changed file decodes the whole store again)."""
+        paths = [os.fspath(p) for p in paths]
+        keys = [file_key(p) for p in paths]
+        mem_key = ("disk", kind, tuple(keys))
+        with self._lock:
+            if mem_key in self._packs:
+                return self._packs[mem_key]
+        folder = self.disk_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        target = self._pack_path(kind, paths, folder).with_suffix(".u8")
+        store = read_disk_store(target, keys)
+        if store is None:
+            workers = self.workers if threads else 1
+            store = write_disk_store(target, paths, keys, fn, workers=workers, batch_fn=batch_fn)
+            self.decoded += len(paths)
+        with self._lock:
+            self._packs[mem_key] = store  # resident: its index only
         return store
 
     def _read_disk(self, kind, paths):
@@ -299,18 +489,57 @@ _DISK = {}
 
 
 def train_store(
-    paths, image_size, decode_cache="memory", max_short=None, decoder=None
-) -> ImageStore:
+    paths, image_size, decode_cache="memory", max_short=None, decoder=None, on_disk=False
+) -> ImageStore | DiskImageStore:
     """Training images decoded once with PIL, short side at most `max_short`
     (default :func:`default_max_short`). `decoder`, when given, decodes the files
     instead: ``decoder(paths, max_short)`` returns what `decode_rgb` returns for each,
-    and ``decoder.kind`` names it in the cache (e.g. the torch backend's GPU decoder)."""
+    and ``decoder.kind`` names it in the cache (e.g. the torch backend's GPU decoder).
+    `on_disk`: keep them on disk and read them per batch (:class:`DiskImageStore`)."""
     max_short = default_max_short(image_size) if max_short is None else int(max_short)
     kind = f"train-rgb-short{max_short}"
     batch_fn = None
     if decoder is not None:
         kind += f"-{decoder.kind}"
         batch_fn = lambda ps: decoder(ps, max_short)  # noqa: E731
-    return get_cache(decode_cache).load(
-        paths, kind, lambda p: decode_rgb(p, max_short), batch_fn=batch_fn
+    cache = get_cache(decode_cache)
+    load = cache.load_on_disk if on_disk else cache.load
+    return load(paths, kind, lambda p: decode_rgb(p, max_short), batch_fn=batch_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class StorePlan:
+    """Where a fast run keeps its decoded images: `train_bytes` and `test_bytes`
+    decoded, `budget` the memory allowed; `on_disk` when they do not fit it."""
+
+    train_bytes: int
+    test_bytes: int
+    budget: int
+
+    @property
+    def total(self) -> int:
+        return self.train_bytes + self.test_bytes
+
+    @property
+    def on_disk(self) -> bool:
+        return self.total > self.budget
+
+    def describe(self) -> str:
+        gb = 2**30
+        return (
+            f"{self.total / gb:.2f} GB of decoded images, "
+            f"{'over' if self.on_disk else 'within'} the {self.budget / gb:.2f} GB "
+            f"memory budget"
+        )
+
+
+def plan_store(train_paths, num_test, image_size, budget_mb=None) -> StorePlan:
+    """How much the fast pipeline's decoded images take (training images at the decode
+    bound, read from their headers; test images at the crop size) against the memory
+    budget (:func:`memory_budget_bytes`)."""
+    size = int(image_size)
+    return StorePlan(
+        estimate_bytes(train_paths, default_max_short(size)),
+        int(num_test) * size * size * 3,
+        memory_budget_bytes(budget_mb),
     )

@@ -144,12 +144,18 @@ def want_progress(stream=None) -> bool:
 
 
 class BookPrinter(Callback):
-    """A line per epoch (``epoch 2/5: loss .., train acc .., test acc ..``, for runs of
-    several epochs) and the book's two closing lines (``loss .., train acc .., test
-    acc ..`` / ``.. examples/sec on [..]``)."""
+    """The pipeline chosen and why (``pipeline: fast: ..``, where 'auto' or 'fast'
+    chose), a line per epoch (``epoch 2/5: loss .., train acc .., test acc ..``, for
+    runs of several epochs) and the book's two closing lines (``loss .., train acc ..,
+    test acc ..`` / ``.. examples/sec on [..]``)."""
 
     def __init__(self, stream=None):
         self.stream = stream
+
+    def on_train_begin(self, state):
+        choice = state.history.config.get("pipeline_choice")
+        if choice:  # the default pipeline says what it chose and why
+            print(f"pipeline: {choice}", file=self.stream or sys.stdout, flush=True)
 
     def on_epoch_end(self, state):
         h = state.history

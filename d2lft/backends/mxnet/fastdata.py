@@ -52,9 +52,11 @@ def book_test_uint8(path, image_size):
     return np.ascontiguousarray(out, dtype=np.uint8), arr.shape[:2]
 
 
-def test_store(paths, image_size, decode_cache="memory"):
+def test_store(paths, image_size, decode_cache="memory", on_disk=False):
     # MXNet's frontend is not thread-safe: decode in this thread
-    return get_cache(decode_cache).load(
+    cache = get_cache(decode_cache)
+    load = cache.load_on_disk if on_disk else cache.load
+    return load(
         paths, f"mxnet-test-{image_size}", lambda p: book_test_uint8(p, image_size), threads=False
     )
 
@@ -104,16 +106,22 @@ class FastData:
     """Decoded train and test stores and the batches of the fast pipeline."""
 
     def __init__(
-        self, data_dir, image_size, batch_size, seed=None, decode_cache="memory", shard=(1, 0)
+        self,
+        data_dir,
+        image_size,
+        batch_size,
+        seed=None,
+        decode_cache="memory",
+        shard=(1, 0),
+        on_disk=False,
     ):
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
         self.world, self.rank = shard
         self.rng = np.random.default_rng(run_seed(seed))
         train_paths, self.train_labels = split_samples(os.path.join(data_dir, "train"))
         test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
-        self.train = train_store(train_paths, image_size, decode_cache)
-        self.test = test_store(test_paths, image_size, decode_cache)
-        self.test_u8 = self.test.stack()
+        self.train = train_store(train_paths, image_size, decode_cache, on_disk=on_disk)
+        self.test = test_store(test_paths, image_size, decode_cache, on_disk)
         self.mean = mx.nd.array(MEAN).reshape((1, 1, 1, 3))
         self.std = mx.nd.array(STD).reshape((1, 1, 1, 3))
 
@@ -150,7 +158,7 @@ class FastData:
         lo, hi = shard_bounds(len(self.test_labels), self.world, self.rank)
         for s in range(lo, hi, self.batch_size):
             e = min(s + self.batch_size, hi)
-            u8 = mx.nd.array(self.test_u8[s:e], dtype="uint8")
+            u8 = mx.nd.array(self.test.rows(s, e), dtype="uint8")
             yield (
                 normalize_batch(u8, self.mean, self.std),
                 mx.nd.array(self.test_labels[s:e], dtype="int32"),

@@ -175,6 +175,7 @@ class _FastBase(_MXRunner):
             seed=plan.run.seed,
             decode_cache=pipe.decode_cache,
             shard=(plan.world_size, plan.rank),
+            on_disk=plan.store_on_disk,
         )
         self.num_train = self.data.num_train
         self.num_batches = math.ceil(self.num_train / plan.batch_size)

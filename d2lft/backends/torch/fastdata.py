@@ -57,10 +57,10 @@ def book_test_uint8(path, image_size):
     return np.asarray(out, dtype=np.uint8), (img.height, img.width)
 
 
-def test_store(paths, image_size, decode_cache="memory"):
-    return get_cache(decode_cache).load(
-        paths, f"torch-test-{image_size}", lambda p: book_test_uint8(p, image_size)
-    )
+def test_store(paths, image_size, decode_cache="memory", on_disk=False):
+    cache = get_cache(decode_cache)
+    load = cache.load_on_disk if on_disk else cache.load
+    return load(paths, f"torch-test-{image_size}", lambda p: book_test_uint8(p, image_size))
 
 
 class Normalizer:
@@ -174,6 +174,7 @@ class FastData:
         decode_cache="memory",
         augment=None,
         shard=(1, 0),
+        on_disk=False,
     ):
         self.device = torch.device(device)
         self.world, self.rank = shard
@@ -187,16 +188,28 @@ class FastData:
         test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
         # the test images are decoded in the background while the training images are
         # (and while the first epoch trains); `self.test` waits for them
-        self._test_job = _BACKGROUND.submit(test_store, test_paths, image_size, decode_cache)
+        self._test_job = _BACKGROUND.submit(
+            test_store, test_paths, image_size, decode_cache, on_disk
+        )
         try:
             self.train = train_store(
-                train_paths, image_size, decode_cache, decoder=decoder(self.device)
+                train_paths,
+                image_size,
+                decode_cache,
+                decoder=decoder(self.device),
+                on_disk=on_disk,
             )
         except BaseException:
             self._test_job.cancel()
             raise
-        if augment in (None, "auto"):
-            augment = "roi_align" if self.device.type == "cuda" else "pil"
+        if augment in (None, "auto"):  # roi_align needs every image on the device
+            augment = "roi_align" if self.device.type == "cuda" and not on_disk else "pil"
+        if augment == "roi_align" and on_disk:
+            raise ValueError(
+                "augment='roi_align' keeps every decoded image on the device, "
+                "but they exceed the memory budget: use augment='pil' or a "
+                "larger memory_budget_mb"
+            )
         if augment not in AUGMENTERS:
             raise ValueError(f"augment must be one of {AUGMENTERS}, got {augment!r}")
         self.augment = augment
@@ -205,19 +218,11 @@ class FastData:
         self.dev_images = DeviceImages(self.train, self.device) if augment == "roi_align" else None
         self.y_train = torch.from_numpy(self.train_labels).to(self.device)
         self.y_test = torch.from_numpy(self.test_labels).to(self.device)
-        self._test_u8 = None
 
     @property
     def test(self):
         """The test store (waits for its background decoding)."""
         return self._test_job.result()
-
-    @property
-    def test_u8(self):
-        if self._test_u8 is None:
-            u8 = torch.from_numpy(self.test.stack())
-            self._test_u8 = u8.to(self.device) if self.device.type == "cuda" else u8
-        return self._test_u8
 
     def set_epoch(self, epoch):
         """Draw epoch `epoch`'s shuffle and crops from (seed, epoch) alone (as the book
@@ -268,8 +273,8 @@ class FastData:
         lo, hi = shard_bounds(len(self.test_labels), self.world, self.rank)
         for s in range(lo, hi, self.batch_size):
             e = min(s + self.batch_size, hi)
-            u8 = self.test_u8[s:e]
-            if u8.device.type == "cpu" and self.device.type != "cpu":
+            u8 = torch.from_numpy(self.test.rows(s, e))  # read per batch from a disk store
+            if self.device.type != "cpu":
                 u8 = (u8.pin_memory() if self.pin else u8).to(self.device, non_blocking=True)
             yield self.norm(u8), self.y_test[s:e]
 

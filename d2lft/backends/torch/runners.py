@@ -184,6 +184,7 @@ class _FastBase(_TorchRunner):
             decode_cache=pipe.decode_cache,
             augment=pipe.augment,
             shard=(plan.world_size, plan.rank),
+            on_disk=plan.store_on_disk,
         )
         self.num_batches = math.ceil(self.data.num_train / plan.batch_size)
         self.facts = {
