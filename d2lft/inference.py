@@ -99,14 +99,25 @@ def _describe(item, i):
     return f"<image {i}>"
 
 
+def _host_array(item):
+    """A framework's array (MXNet NDArray of either mode, torch tensor) as numpy;
+    anything else unchanged. Recognised by its methods: no framework is imported."""
+    if hasattr(item, "asnumpy"):
+        return item.asnumpy()
+    if hasattr(item, "detach") and hasattr(item, "cpu"):
+        return item.detach().cpu().numpy()
+    return item
+
+
 def _check_items(images):
+    images = _host_array(images)
     if (
         isinstance(images, (str, os.PathLike))
         or hasattr(images, "convert")
         or (isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object)
     ):
         images = [images]  # one image
-    items = list(images)
+    items = [_host_array(item) for item in images]
     for i, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
             p = pathlib.Path(item)
@@ -129,7 +140,8 @@ def predict(
     batch_size: int = 32,
 ) -> list[Prediction]:
     """Class names and probabilities for `images` (one, or a list of paths, PIL images
-    or HxWxC arrays), through the chapter's test transform at the net's image size.
+    or HxWxC uint8 arrays: numpy, or the backend's own, as its datasets give them),
+    through the chapter's test transform at the net's image size.
 
     Returns a list of :class:`Prediction` (label, probability, probs). Class names are
     the ones that travel with the net (:func:`d2lft.net_info`), unless `classes` is given.

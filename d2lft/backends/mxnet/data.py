@@ -11,6 +11,7 @@ from mxnet.gluon.data.vision import transforms
 
 from ...data.folders import list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
+from ._npmode import array_fn
 
 
 class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
@@ -18,8 +19,10 @@ class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
     with the PyTorch backend): the same suffixes (`d2lft.data.IMAGE_SUFFIXES`; Gluon's
     own reads only .jpg/.jpeg/.png), hidden files and folders skipped, each file's
     header checked (or, with `skip_bad=True`, unreadable files skipped with a
-    warning), and every mode decoded to 8-bit RGB with PIL (`d2lft.data.load_rgb`),
-    so both backends see the same pixels; errors name the file."""
+    warning), and every mode decoded to 8-bit RGB with PIL (`d2lft.data.load_rgb`,
+    EXIF orientation applied), so both backends see the same pixels; errors name the
+    file. Images are NDArrays of the mode they are read in (``mx.np`` arrays with
+    numpy semantics active, as Gluon's own dataset gives)."""
 
     def __init__(self, root, flag=1, transform=None, *, skip_bad=False):
         self._skip_bad = skip_bad
@@ -32,7 +35,7 @@ class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
         path, label = self.items[idx]
         img = load_rgb(path)
         arr = np.asarray(img.convert("L"))[:, :, None] if self._flag == 0 else np.asarray(img)
-        img = mx.nd.array(arr, dtype="uint8")
+        img = array_fn()(arr, dtype="uint8")
         if self._transform is not None:
             return self._transform(img, label)
         return img, label
