@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from .backends import _registry
 from .data import hub
-from .data.folders import check_image_folder
+from .data.folders import check_image_folder, held_out_split
 from .data.split import resolve_images
 from .engine import callbacks as cb
 from .engine.history import History
@@ -215,6 +215,7 @@ def plan_run(
         classes=tuple(classes),
         pipeline=pipeline,
         run=run,
+        eval_split=held_out_split(folder) or "test",
     )
 
 
@@ -328,7 +329,9 @@ def train_fine_tuning(
     net's kind: MXNet 0.01 / 0.1, torch 5e-5 / 5e-4, fine-tune / scratch),
     `batch_size`, `num_epochs`, `param_group=False` trains every layer at one rate
     (the book's scratch run). `data_dir`: a folder (or .zip) with `train/<class>/` and
-    `test/<class>/`; default the hotdog data (downloaded once). `devices`: default all
+    `test/<class>/` (or `val/<class>/` or `valid/<class>/`: the first of test/, val/,
+    valid/ that holds class folders is evaluated, recorded as ``History.config
+    ['eval_split']``); default the hotdog data (downloaded once). `devices`: default all
     GPUs, else the CPU. `seed` makes shuffling and augmentation repeatable; the
     initial weights were fixed when the net was built (the builders' `seed=`). To
     repeat a whole run exactly, call ``d2lft.seed(n)`` once at the top of the script,

@@ -299,7 +299,8 @@ def _run(job: _Job):
     print(
         f"{job.mode} on {plan.backend}: {len(plan.classes)} classes {list(plan.classes)}, "
         f"lr {plan.learning_rate:g}, {plan.num_epochs} epoch(s), batch {plan.batch_size}, "
-        f"image size {plan.image_size}, pipeline {plan.pipeline.name}, data {plan.data_dir}",
+        f"image size {plan.image_size}, pipeline {plan.pipeline.name}, data {plan.data_dir} "
+        f"(train/, evaluated on {plan.eval_split}/)",
         flush=True,
     )
     job.out.mkdir(parents=True, exist_ok=True)
@@ -405,7 +406,8 @@ def _load(args):
 
 
 def _has_splits(source) -> bool:
-    """Whether `source` (a folder or a .zip) already holds train/ and test/ folders."""
+    """Whether `source` (a folder or a .zip) already holds train/ and a held-out split
+    (test/, val/ or valid/)."""
     path = pathlib.Path(source)
     if path.is_file() and path.suffix.lower() == ".zip":
         path = _unzip(path)
@@ -440,7 +442,7 @@ def cmd_evaluate(args):
             f"{val_fraction:g} ({origin})"
         )
     else:
-        print(f"scored the {split}/ folder of {data_dir}")
+        print(f"scored the {pathlib.Path(ev.folder).name}/ folder of {data_dir}")
     print(ev)
     mistakes = ev.mistakes()
     if mistakes:
@@ -547,7 +549,7 @@ def _add_data(p):
         "--data-dir",
         default=None,
         metavar="PATH|ZIP|URL",
-        help="train/<class>/ + test/<class>/ folder, a .zip of one, ONE folder "
+        help="train/<class>/ + test/<class>/ (or val/, valid/) folder, a .zip of one, ONE folder "
         "of class subfolders (with --val-fraction), or a URL (with --sha1); "
         "default: the chapter's hotdog data",
     )

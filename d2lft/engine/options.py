@@ -313,6 +313,9 @@ class TrainPlan:
     classes: tuple[str, ...]
     pipeline: Pipeline
     run: RunSpec
+    #: the held-out split folder the run is evaluated on ('test', 'val' or 'valid':
+    #: the first of them that the data folder has, see `d2lft.data.folders`)
+    eval_split: str = "test"
 
     @property
     def freeze(self) -> bool:
@@ -334,6 +337,7 @@ class TrainPlan:
             "param_group": self.param_group,
             "image_size": self.image_size,
             "data_dir": str(self.data_dir),
+            "eval_split": self.eval_split,
             "classes": list(self.classes),
             "loss_reduction": self.loss_reduction,
             "pipeline": self.pipeline.name,

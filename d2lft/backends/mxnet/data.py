@@ -9,7 +9,7 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
-from ...data.folders import list_images
+from ...data.folders import held_out, list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
 from ._npmode import array_fn
 
@@ -95,14 +95,15 @@ def test_augs(image_size: int = 224):
 
 
 def make_loaders(data_dir, batch_size, image_size=224, num_workers=None, seed=None, shuffle=True):
-    """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`.
+    """(train_iter, test_iter) over `data_dir/train` and its held-out split (`test/`,
+    else `val/` or `valid/`: `d2lft.data.folders.held_out`).
 
     MXNet's loader uses numpy's and Python's global random state for shuffling and
     augmentation; `train_fine_tuning(seed=...)` seeds both.
     """
     num_workers = 0 if num_workers is None else num_workers
     train = image_folder(os.path.join(data_dir, "train"), train_augs(image_size))
-    test = image_folder(os.path.join(data_dir, "test"), test_augs(image_size))
+    test = image_folder(held_out(data_dir), test_augs(image_size))
     train_iter = gluon.data.DataLoader(train, batch_size, shuffle=shuffle, num_workers=num_workers)
     test_iter = gluon.data.DataLoader(test, batch_size, num_workers=num_workers)
     return train_iter, test_iter

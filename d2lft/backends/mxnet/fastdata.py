@@ -22,6 +22,7 @@ from mxnet.gluon.data.vision import transforms
 
 from ...data.crops import epoch_batches, fallback_crops, run_seed, sample_resized_crops
 from ...data.decode_cache import get_cache, train_store
+from ...data.folders import held_out
 from ...data.images import load_rgb
 from ...engine.loop import epoch_seed
 from .data import MEAN, STD, image_folder, test_resize
@@ -101,7 +102,7 @@ class FastData:
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
         self.rng = np.random.default_rng(run_seed(seed))
         train_paths, self.train_labels = split_samples(os.path.join(data_dir, "train"))
-        test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
+        test_paths, self.test_labels = split_samples(held_out(data_dir))
         self.train = train_store(train_paths, image_size, decode_cache)
         self.test = test_store(test_paths, image_size, decode_cache)
         self.test_u8 = self.test.stack()
