@@ -36,7 +36,7 @@ from .backends import _registry
 from .data import hub
 from .data.folders import DataLayoutError, find_split_root, list_images
 from .data.hub import DownloadError
-from .data.images import BadImageError
+from .data.images import BadImageError, load_rgb
 from .data.split import _class_root, _unzip, class_names
 from .engine.loop import TrainingDiverged
 from .engine.options import PIPELINES, RunSpec, TrainPlan, cli_fields
@@ -504,8 +504,7 @@ def cmd_show(args):
         if p is None:
             loaded.append(Image.new("RGB", (8, 8), "white"))
         else:
-            with Image.open(p) as im:
-                loaded.append(im.convert("RGB"))
+            loaded.append(load_rgb(p))  # as training sees it: EXIF orientation applied
     axes = plot.show_images(loaded, len(classes), args.n, titles=titles, scale=args.scale)
     fig = axes[0].figure
     with atomic_path(args.out) as tmp:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._sys.atomic import atomic_path
+from .data.images import load_rgb
 
 PathLike = str | os.PathLike
 
@@ -108,12 +109,10 @@ def _save_png(fig, path):
 
 
 def _display_image(img):
-    """A path is opened with PIL for display; anything else goes to to_numpy_image."""
+    """A path is decoded as training decodes it (RGB, EXIF orientation applied: see
+    `d2lft.data.load_rgb`); anything else goes to to_numpy_image."""
     if isinstance(img, (str, os.PathLike)):
-        from PIL import Image
-
-        with Image.open(img) as im:
-            return np.asarray(im.convert("RGB"))
+        return np.asarray(load_rgb(img))
     return to_numpy_image(img)
 
 
