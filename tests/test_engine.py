@@ -232,7 +232,7 @@ def test_cli_flags_come_from_the_options():
         ),
         (["--pipeline", "fixed", "--freeze"], "--freeze is an option of --pipeline book or fast"),
         (["--pipeline", "fast", "--feature-passes", "0", "--freeze"], "--feature-passes: "),
-        (["--pipeline", "fast", "--feature-passes", "2"], "needs freeze=True"),
+        (["--pipeline", "fast", "--feature-passes", "2"], "needs --freeze"),
         (["--workers", "-1"], "--workers: workers must be an integer >= 0"),
         (["--weight-decay", "-1"], "--weight-decay: weight_decay must be"),
         (["--val-fraction", "1.5"], "--val-fraction: val_fraction must be"),
