@@ -30,8 +30,10 @@ import re
 import sys
 import typing
 
+import numpy as np
+
 from . import api, plot
-from ._sys.atomic import atomic_path, atomic_write_text
+from ._sys.atomic import atomic_write_text
 from ._version import __version__
 from .backends import _registry
 from .data import hub
@@ -506,11 +508,11 @@ def cmd_show(args):
         if p is None:
             loaded.append(Image.new("RGB", (8, 8), "white"))
         else:
-            loaded.append(load_rgb(p))  # as training sees it: EXIF orientation applied
+            # as training sees it (EXIF orientation applied), as a thumbnail
+            loaded.append(plot.thumbnail(np.asarray(load_rgb(p))))
     axes = plot.show_images(loaded, len(classes), args.n, titles=titles, scale=args.scale)
     fig = axes[0].figure
-    with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    plot.save_png(fig, args.out, photos=True)
     plot.close(fig)
     print(f"wrote {args.out} ({len(classes)} classes x {args.n} images from {split})")
     return 0
