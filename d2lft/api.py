@@ -18,7 +18,7 @@ from typing import Any, Literal
 from .backends import _registry
 from .data import hub
 from .data.decode_cache import get_cache, plan_store
-from .data.folders import check_image_folder, list_images
+from .data.folders import check_image_folder, held_out, held_out_split, list_images
 from .data.split import resolve_images
 from .engine import callbacks as cb
 from .engine.dist import check_shards
@@ -228,6 +228,7 @@ def plan_run(
         job=job,
         pipeline_choice=choice,
         store_on_disk=on_disk,
+        eval_split=held_out_split(folder) or "test",
     )
 
 
@@ -242,7 +243,7 @@ def choose_pipeline(pipeline: Pipeline, folder, image_size: int) -> tuple[Pipeli
         return pipeline, "", False
     train = [p for p, _ in list_images(folder / "train")[1]]
     store = plan_store(
-        train, len(list_images(folder / "test")[1]), image_size, pipeline.memory_budget_mb
+        train, len(list_images(held_out(folder))[1]), image_size, pipeline.memory_budget_mb
     )
     fast = (
         pipeline
@@ -297,7 +298,7 @@ def _join(job, run: RunSpec, folder, batch_size: int) -> RunSpec:
     check_shards(
         batch_size,
         len(list_images(folder / "train")[1]),
-        len(list_images(folder / "test")[1]),
+        len(list_images(held_out(folder))[1]),
         job.world_size,
     )
     seed = run.seed if run.seed is not None else random.getrandbits(31)
@@ -417,7 +418,9 @@ def train_fine_tuning(
     net's kind: MXNet 0.01 / 0.1, torch 5e-5 / 5e-4, fine-tune / scratch),
     `batch_size`, `num_epochs`, `param_group=False` trains every layer at one rate
     (the book's scratch run). `data_dir`: a folder (or .zip) with `train/<class>/` and
-    `test/<class>/`; default the hotdog data (downloaded once). `devices`: default all
+    `test/<class>/` (or `val/<class>/` or `valid/<class>/`: the first of test/, val/,
+    valid/ that holds class folders is evaluated, recorded as ``History.config
+    ['eval_split']``); default the hotdog data (downloaded once). `devices`: default all
     GPUs, else the CPU. `seed` makes shuffling and augmentation repeatable; the
     initial weights were fixed when the net was built (the builders' `seed=`). To
     repeat a whole run exactly, call ``d2lft.seed(n)`` once at the top of the script,

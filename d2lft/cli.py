@@ -26,17 +26,20 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 import typing
 
+import numpy as np
+
 from . import api, launch, plot
-from ._sys.atomic import atomic_path, atomic_write_text
+from ._sys.atomic import atomic_write_text
 from ._version import __version__
 from .backends import _registry
 from .data import hub
 from .data.folders import DataLayoutError, find_split_root, list_images
 from .data.hub import DownloadError
-from .data.images import BadImageError
+from .data.images import BadImageError, load_rgb
 from .data.split import _class_root, _unzip, class_names, resolve_images
 from .engine.dist import check_shards
 from .engine.loop import TrainingDiverged
@@ -84,7 +87,7 @@ def _argparse_kwargs(f, hint) -> dict:
     args = typing.get_args(hint)
     if hint is bool:
         kw["action"] = "store_true"
-        kw["help"] = f.metadata["help"]
+        kw["help"] = f"{f.metadata['help']} (default: off)"
     elif typing.get_origin(hint) is typing.Literal:
         kw["choices"] = args
     elif int in args or hint is int:
@@ -309,7 +312,7 @@ def _run(job: _Job):
             f"{job.mode} on {plan.backend}: {len(plan.classes)} classes {list(plan.classes)}, "
             f"lr {plan.learning_rate:g}, {plan.num_epochs} epoch(s), batch {plan.batch_size}, "
             f"image size {plan.image_size}, pipeline {plan.pipeline.name}{workers}, "
-            f"data {plan.data_dir}",
+            f"data {plan.data_dir} (train/, evaluated on {plan.eval_split}/)",
             flush=True,
         )
         job.out.mkdir(parents=True, exist_ok=True)
@@ -471,7 +474,8 @@ def _load(args):
 
 
 def _has_splits(source) -> bool:
-    """Whether `source` (a folder or a .zip) already holds train/ and test/ folders."""
+    """Whether `source` (a folder or a .zip) already holds train/ and a held-out split
+    (test/, val/ or valid/)."""
     path = pathlib.Path(source)
     if path.is_file() and path.suffix.lower() == ".zip":
         path = _unzip(path)
@@ -506,7 +510,7 @@ def cmd_evaluate(args):
             f"{val_fraction:g} ({origin})"
         )
     else:
-        print(f"scored the {split}/ folder of {data_dir}")
+        print(f"scored the {pathlib.Path(ev.folder).name}/ folder of {data_dir}")
     print(ev)
     mistakes = ev.mistakes()
     if mistakes:
@@ -568,12 +572,11 @@ def cmd_show(args):
         if p is None:
             loaded.append(Image.new("RGB", (8, 8), "white"))
         else:
-            with Image.open(p) as im:
-                loaded.append(im.convert("RGB"))
+            # as training sees it (EXIF orientation applied), as a thumbnail
+            loaded.append(plot.thumbnail(np.asarray(load_rgb(p))))
     axes = plot.show_images(loaded, len(classes), args.n, titles=titles, scale=args.scale)
     fig = axes[0].figure
-    with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    plot.save_png(fig, args.out, photos=True)
     plot.close(fig)
     print(f"wrote {args.out} ({len(classes)} classes x {args.n} images from {split})")
     return 0
@@ -613,11 +616,15 @@ def _add_data(p):
         "--data-dir",
         default=None,
         metavar="PATH|ZIP|URL",
-        help="train/<class>/ + test/<class>/ folder, a .zip of one, ONE folder "
-        "of class subfolders (with --val-fraction), or a URL (with --sha1); "
-        "default: the chapter's hotdog data",
+        help="train/<class>/ + test/<class>/ (or val/, valid/) folder, a .zip of one, ONE folder "
+        "of class subfolders (with --val-fraction), or a URL (with --sha1) "
+        "(default: the chapter's hotdog data)",
     )
-    p.add_argument("--sha1", default=None, help="SHA-1 of the archive at a --data-dir URL")
+    p.add_argument(
+        "--sha1",
+        default=None,
+        help="SHA-1 of the archive at a --data-dir URL (default: none; needed with a URL)",
+    )
 
 
 def _add_training(p, lr=True):
@@ -642,8 +649,8 @@ def _add_training(p, lr=True):
     p.add_argument(
         "--arch",
         default=None,
-        help="resnet18_v1 (torchvision resnet18) or resnet18_v2 (Gluon's); "
-        "default the chapter's: torch resnet18, mxnet resnet18_v2",
+        help="resnet18_v1 (torchvision resnet18) or resnet18_v2 (Gluon's) "
+        "(default: the chapter's: torch resnet18, mxnet resnet18_v2)",
     )
     _add_option_flags(p)
 
@@ -697,24 +704,37 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="fine-tune (or train from scratch) and save the run")
-    p.add_argument("mode", nargs="?", choices=MODES, default="finetune")
+    p.add_argument(
+        "mode",
+        nargs="?",
+        choices=MODES,
+        default="finetune",
+        help="finetune: ImageNet features and a new head (10x lr); scratch: random "
+        "initialisation, one lr (default: finetune)",
+    )
     _add_backend(p)
     _add_data(p)
     _add_training(p)
     p.add_argument("--out", default="d2lft-run", help="output folder (default: d2lft-run)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --out (default: off)",
+    )
     p.add_argument(
         "--init-head",
         action="append",
         metavar="TARGET=SOURCE",
         help="exercise 4: start the head row of class TARGET from the source "
-        "classifier's row of class SOURCE (e.g. hotdog=hotdog); repeatable",
+        "classifier's row of class SOURCE (e.g. hotdog=hotdog); repeatable "
+        "(default: none, every row Xavier-initialised)",
     )
     p.add_argument(
         "--source-classes",
         default=None,
         metavar="FILE",
-        help="the source model's class names, one a line (for --pretrained PATH)",
+        help="the source model's class names, one a line, for --pretrained PATH "
+        "(default: the ImageNet names that come with --pretrained imagenet)",
     )
     _add_launch(p)
     p.set_defaults(func=cmd_train)
@@ -747,14 +767,29 @@ def build_parser():
     _add_backend(p)
     _add_data(p)
     _add_training(p, lr=False)
-    p.add_argument("--lrs", type=_positive_float, nargs="+", required=True)
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument(
+        "--lrs",
+        type=_positive_float,
+        nargs="+",
+        required=True,
+        metavar="LR",
+        help="the learning rates to try (required)",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="(default: finetune scratch)",
+    )
     p.add_argument("--out", default="d2lft-sweep", help="(default: d2lft-sweep)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="accuracy, confusion matrix and worst mistakes")
     _add_backend(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or --out folder")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint file or --out folder (required)"
+    )
     _add_data(p)
     p.add_argument(
         "--val-fraction",
@@ -774,7 +809,10 @@ def build_parser():
     )
     p.add_argument("--batch-size", type=_positive_int, default=64, help="(default: 64)")
     p.add_argument(
-        "--out", default=None, help="folder for evaluation.json, confusion.png and predictions.png"
+        "--out",
+        default=None,
+        help="folder for evaluation.json, confusion.png and predictions.png "
+        "(default: none, print only)",
     )
     p.add_argument(
         "--grid", type=_positive_int, default=16, help="images in predictions.png (default: 16)"
@@ -790,14 +828,21 @@ def build_parser():
 
     p = sub.add_parser("predict", help="class and probability for each image")
     _add_backend(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or --out folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (required)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint file or --out folder (required)"
+    )
     p.add_argument(
         "--top", type=_positive_int, default=1, help="also show the next classes (default: 1)"
     )
-    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("--json", action="store_true", help="print JSON only (default: off)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="(default: 32)")
-    p.add_argument("--out", default=None, metavar="PNG", help="also draw a prediction grid")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="PNG",
+        help="also draw a prediction grid (default: none)",
+    )
     p.add_argument("--grid", type=_positive_int, default=16, help="(default: 16)")
     p.set_defaults(func=cmd_predict)
 
@@ -812,10 +857,69 @@ def build_parser():
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("info", help="what a checkpoint holds (its hash is verified)")
-    p.add_argument("checkpoint")
-    p.add_argument("--json", action="store_true", help="print the metadata as JSON only")
+    p.add_argument("checkpoint", help="checkpoint file or --out folder (required)")
+    p.add_argument(
+        "--json", action="store_true", help="print the metadata as JSON only (default: off)"
+    )
     p.set_defaults(func=cmd_info)
     return parser
+
+
+#: How the library's messages name Python arguments -> the flags that do the same here
+#: (applied in order to every error message the command prints; an argument inside a
+#: path, e.g. /data/seed=3/, is left alone)
+_ARG = r"(?<![\w/.~=-])"  # an argument's name starts a word, not inside a path
+CLI_WORDS = [
+    # the library's own hint for the command: "split=None (CLI: --split all)"
+    (_ARG + r"[a-z_]+=\S+ \(CLI: ([^)]*)\)", r"\1"),
+    (r"\s*\(CLI: [^)]*\)", ""),
+    (
+        r"build it with d2lft\.build_finetune_net\(pretrained=True or a weights file that "
+        r"includes its output layer\)",
+        "train with --pretrained imagenet, or --pretrained PATH with a weights file that "
+        "includes its output layer",
+    ),
+    (
+        r"source_classes=\[\.\.\.\] (or a text file|\(a list, or a text file) with one name "
+        r"per line\)?",
+        "--source-classes FILE (a text file with one name per line)",
+    ),
+    (
+        r"pass classes=\[\.\.\.\] with the target class names, or use the row index",
+        "use one of the data's class folder names, or a row index (--init-head 0=SOURCE)",
+    ),
+    (r", or pass skip_bad=True to skip unreadable images with a warning", ""),
+    (r" \(with skip_bad=True files are decoded once when the dataset is built\)", ""),
+    (_ARG + r"url=\.\.\. or \$D2LFT_DATA_URL", "--data-dir URL --sha1 SHA1 (or $D2LFT_DATA_URL)"),
+    (_ARG + r"its sha1=\.\.\.", "its --sha1"),
+    (_ARG + r"root=\.\.\. or \$D2LFT_HOME", "$D2LFT_HOME"),
+    (_ARG + r"pretrained=PATH\b", "--pretrained PATH"),
+    (_ARG + r"pretrained=True\b", "--pretrained imagenet"),
+    (_ARG + r"pretrained=False\b", "--pretrained none"),
+    (_ARG + r"split=None\b", "--split all"),
+    (_ARG + r"split='(\w+)'", r"--split \1"),
+    (_ARG + r"arch='(\w+)'", r"--arch \1"),
+    (_ARG + r"(compile|freeze|resume)=True\b", r"--\1"),
+    (_ARG + r"(precision|decode_cache|augment)='(\w+)'", r"--\1 \2"),
+    (_ARG + r"num_epochs=", "--epochs "),
+    (_ARG + r"learning_rate=", "--lr "),
+    (_ARG + r"checkpoint_dir=", "--out "),
+    (
+        _ARG + r"(val_fraction|image_size|batch_size|data_dir|seed|weight_decay|feature_passes|"
+        r"workers|sha1)=",
+        r"--\1 ",
+    ),
+]
+
+
+def cli_words(text: str) -> str:
+    """A library message as the command says it: Python arguments (``url=...``,
+    ``source_classes=[...]``, ``val_fraction=F``) named by the flags that do the same
+    (``--data-dir URL --sha1 SHA1``, ``--source-classes FILE``, ``--val-fraction F``)."""
+    for pattern, repl in CLI_WORDS:
+        text = re.sub(pattern, repl, text)
+    # flags keep their dashes: --decode_cache -> --decode-cache
+    return re.sub(r"--([a-z]+(?:_[a-z]+)+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def main(argv=None):
@@ -837,7 +941,7 @@ def main(argv=None):
     ) as err:
         if os.environ.get("D2LFT_DEBUG"):
             raise
-        print(f"d2lft {args.command}: error: {err}", file=sys.stderr)
+        print(f"d2lft {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"d2lft {args.command}: interrupted", file=sys.stderr)

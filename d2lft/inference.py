@@ -24,6 +24,7 @@ from .data.folders import (
     _subfolders,
     check_image_folder,
     find_split_root,
+    held_out_split,
 )
 from .data.images import IMAGE_SUFFIXES
 from .data.split import _STAMP, _class_root, _unzip, resolve_images, source_paths
@@ -99,14 +100,25 @@ def _describe(item, i):
     return f"<image {i}>"
 
 
+def _host_array(item):
+    """A framework's array (MXNet NDArray of either mode, torch tensor) as numpy;
+    anything else unchanged. Recognised by its methods: no framework is imported."""
+    if hasattr(item, "asnumpy"):
+        return item.asnumpy()
+    if hasattr(item, "detach") and hasattr(item, "cpu"):
+        return item.detach().cpu().numpy()
+    return item
+
+
 def _check_items(images):
+    images = _host_array(images)
     if (
         isinstance(images, (str, os.PathLike))
         or hasattr(images, "convert")
         or (isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object)
     ):
         images = [images]  # one image
-    items = list(images)
+    items = [_host_array(item) for item in images]
     for i, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
             p = pathlib.Path(item)
@@ -129,7 +141,8 @@ def predict(
     batch_size: int = 32,
 ) -> list[Prediction]:
     """Class names and probabilities for `images` (one, or a list of paths, PIL images
-    or HxWxC arrays), through the chapter's test transform at the net's image size.
+    or HxWxC uint8 arrays: numpy, or the backend's own, as its datasets give them),
+    through the chapter's test transform at the net's image size.
 
     Returns a list of :class:`Prediction` (label, probability, probs). Class names are
     the ones that travel with the net (:func:`d2lft.net_info`), unless `classes` is given.
@@ -184,7 +197,9 @@ def _split_folder(data_dir, split, val_fraction=None):
       `split`;
     - else `data_dir/split` when `data_dir` holds train/ and test/ (or is a zip of such
       a folder), or at least a `split` subfolder; or `data_dir` itself when it is that
-      split folder (e.g. `hotdog/test` with split='test');
+      split folder (e.g. `hotdog/test` with split='test'); split='test' is the
+      held-out split, so it scores `val/` or `valid/` in a folder that has one of them
+      and no `test/`;
     - `split=None`: every image of a folder (or zip) of class subfolders.
     Anything else is refused with a DataLayoutError that says what to pass.
     """
@@ -232,9 +247,9 @@ def _split_folder(data_dir, split, val_fraction=None):
             check_image_folder(folder)
             return folder, None
         raise DataLayoutError(
-            f"{root} has train/ and test/ folders: split=None (CLI: "
+            f"{root} has train/ and {held_out_split(root)}/ folders: split=None (CLI: "
             f"--split all) is for ONE folder of class subfolders; pass "
-            f"split='test' or split='train' to score one of them"
+            f"split='test' (the held-out images) or split='train' to score one of them"
         )
     try:
         root = find_split_root(path)
@@ -245,6 +260,8 @@ def _split_folder(data_dir, split, val_fraction=None):
                 return path, (path.parent if (path.parent / _STAMP).is_file() else None)
             raise _no_split_error(shown, split, _found(path)) from None
         root = path
+    if split == "test" and not (root / "test").is_dir() and held_out_split(root):
+        split = held_out_split(root)  # 'test' is the held-out split: val/ or valid/ here
     if not (root / split).is_dir():
         raise DataLayoutError(
             f"{root} has no {split}/ folder (found {_found(root)}): pass "
@@ -266,6 +283,8 @@ class Evaluation:
     true: np.ndarray
     pred: np.ndarray
     probs: np.ndarray
+    #: the folder of class subfolders that was scored
+    folder: str = ""
 
     @property
     def accuracy(self) -> float:
@@ -354,7 +373,9 @@ def evaluate(
     """Predict every image of an image folder and compare with its class folder.
 
     `data_dir`: a folder with train/ and test/ (its `split` subfolder is scored), a
-    zip of one, or that split folder itself (`hotdog/test`). A folder (or zip) of
+    zip of one, or that split folder itself (`hotdog/test`). The default
+    `split='test'` is the held-out split: in a folder with train/ and val/ (or valid/)
+    and no test/, that folder is scored (`Evaluation.folder` says which). A folder (or zip) of
     class subfolders that training split with `val_fraction=F`: pass the same
     `val_fraction=F` to score that split's `split` (by default the held-out test
     images, exactly those that training held out); or `split=None` to score every
@@ -389,7 +410,14 @@ def evaluate(
         )
     remap = np.array([names.index(c) for c in folder_classes], dtype="int64")
     true = remap[labels.astype("int64")]
-    return Evaluation(list(names), list(paths), true, probs.argmax(axis=1).astype("int64"), probs)
+    return Evaluation(
+        list(names),
+        list(paths),
+        true,
+        probs.argmax(axis=1).astype("int64"),
+        probs,
+        folder=os.fspath(folder),
+    )
 
 
 def image_files(paths):

@@ -4,9 +4,12 @@ backend; shared by finetune_mxnet.py and finetune_torch.py."""
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import sys
 
 import d2lft
+from d2lft.cli import cli_words
 
 
 def parse_args(backend, argv=None):
@@ -37,7 +40,26 @@ def parse_args(backend, argv=None):
 
 
 def main(backend, argv=None):
+    """Run the chapter; an error d2lft can explain (offline, a bad folder, a bad
+    weights file, ...) is printed as one message with exit status 2, like the `d2lft`
+    command (``D2LFT_DEBUG=1`` shows the traceback)."""
     args = parse_args(backend, argv)
+    try:
+        return run(backend, args)
+    except (ValueError, OSError, ImportError, d2lft.TrainingDiverged) as err:
+        if os.environ.get("D2LFT_DEBUG"):
+            raise
+        text = cli_words(str(err)).replace(
+            "--data-dir URL --sha1 SHA1", "--data-url URL --data-sha1 SHA1"
+        )
+        print(f"{pathlib.Path(sys.argv[0]).name}: error: {text}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{pathlib.Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def run(backend, args):
     d2lft.use(backend)
     if args.data_dir:
         data_dir = args.data_dir

@@ -463,7 +463,7 @@ def test_wrong_folder_layouts(tmp_path, case):
     root = make_image_folder(tmp_path / "d", n_train=2, n_test=1, size=(8, 8))
     if case == "no_splits":
         shutil.rmtree(root / "test")
-        expect = "no train/ and test/"
+        expect = "no train/ folder beside a test/, val/ or valid/ folder"
     elif case == "no_classes":
         for f in (root / "train" / "hotdog").iterdir():
             f.rename(root / "train" / f"h{f.name}")

@@ -235,7 +235,7 @@ def test_cli_flags_come_from_the_options():
             "--freeze is an option of --pipeline auto, book or fast",
         ),
         (["--pipeline", "fast", "--feature-passes", "0", "--freeze"], "--feature-passes: "),
-        (["--pipeline", "fast", "--feature-passes", "2"], "needs freeze=True"),
+        (["--pipeline", "fast", "--feature-passes", "2"], "needs --freeze"),
         (["--pipeline", "book", "--workers", "-1"], "--workers: workers must be an integer >= 0"),
         (["--workers", "2"], "--workers is an option of --pipeline book, not of --pipeline auto"),
         (["--weight-decay", "-1"], "--weight-decay: weight_decay must be"),

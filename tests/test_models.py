@@ -135,7 +135,7 @@ def test_pretrained_true_offline_says_where_to_put_weights(tmp_path, monkeypatch
             "url",
             "http://127.0.0.1:9/resnet18-f37072fd.pth",
         )
-    with pytest.raises(RuntimeError, match=r"Offline\? .*(Download|Place) .*pretrained=PATH"):
+    with pytest.raises(d2lft.DownloadError, match=r"To work offline, download .*pretrained=PATH"):
         d2lft.build_finetune_net()
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == [], leftovers

@@ -140,7 +140,7 @@ def test_evaluate_matches_training_accuracy_and_orders_mistakes(backend, data, t
     titles = [ax.get_title() for ax in fig.axes]  # the confusion matrix
     assert any("accuracy" in t for t in titles)
     grid_titles = [ax.get_title() for ax in flipped.plot_predictions(n=4).axes]
-    assert "true:" in grid_titles[0] and grid_titles[0].split(" (")[0] == worst[0][2]
+    assert "true:" in grid_titles[0] and grid_titles[0].split(" (")[0] == f"\u2717 {worst[0][2]}"
 
 
 def test_bad_inputs(backend, data, tmp_path):

@@ -43,7 +43,7 @@ import numpy as np
 
 from .._sys.atomic import atomic_path
 from .hub import cache_dir
-from .images import BadImageError, to_rgb
+from .images import BadImageError, exif_orientation, swaps_sides, to_rgb, upright
 
 #: Default bytes of decoded images kept in memory across runs (per process).
 MEMORY_LIMIT_MB = int(os.environ.get("D2LFT_DECODE_CACHE_MB", "4096"))
@@ -285,25 +285,29 @@ def reduced_size(h, w, max_short):
 
 
 def decode_rgb(path, max_short=None):
-    """Decode `path` with PIL to an RGB uint8 HxWx3 array, every mode converted as
-    both backends' datasets convert it (`d2lft.data.to_rgb`), its short side reduced
+    """Decode `path` with PIL to an RGB uint8 HxWx3 array, turned upright as its EXIF
+    orientation says and every mode converted as both backends' datasets convert it
+    (`d2lft.data.load_rgb`, `d2lft.data.to_rgb`), its short side reduced
     to `max_short` when larger (JPEGs much larger than that are decoded at a reduced
     DCT scale first, which is faster and at least as sharp as the target).
 
-    Returns ``(array, (orig_h, orig_w))``. Unreadable files raise
+    Returns ``(array, (orig_h, orig_w))`` (the upright image's size). Unreadable files raise
     `d2lft.data.BadImageError` naming the file.
     """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            ow, oh = im.size
+            orientation = exif_orientation(im)
+            turn = swaps_sides(orientation)
+            ow, oh = im.size[::-1] if turn else im.size  # the upright image's size
             th, tw = reduced_size(oh, ow, max_short)
             target = (tw, th) if (th, tw) != (oh, ow) else None  # PIL sizes are (w, h)
             if target is not None and im.format == "JPEG" and min(ow, oh) >= 2 * max_short:
-                im.draft("RGB", target)  # libjpeg's DCT scaling: >= target, much faster
+                # libjpeg's DCT scaling (>= target, much faster), in the file's orientation
+                im.draft("RGB", target[::-1] if turn else target)
             im.load()
-            im = to_rgb(im)
+            im = to_rgb(upright(im))
             if target is not None and im.size != target:
                 im = im.resize(target, Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)

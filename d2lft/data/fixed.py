@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from .folders import list_images
+from .folders import held_out, list_images
 from .images import MEAN as _MEAN
 from .images import STD as _STD
 from .images import load_rgb, test_resize
@@ -139,11 +139,6 @@ def fixed_loaders(data_dir, batch_size, image_size=224, seed=0, convert=None, sh
         shard=shard,
     )
     test = FixedBatches(
-        os.path.join(data_dir, "test"),
-        batch_size,
-        image_size,
-        shuffle=False,
-        convert=convert,
-        shard=shard,
+        held_out(data_dir), batch_size, image_size, shuffle=False, convert=convert, shard=shard
     )
     return train, test

@@ -13,12 +13,19 @@ import warnings
 
 from .images import IMAGE_SUFFIXES, BadImageError, check_image_file
 
+#: The held-out split folders accepted beside train/, in the order one is picked: the
+#: first that holds class folders (a Kaggle-style test/ of loose, unlabelled images is
+#: passed over for a labelled val/ or valid/).
+HELD_OUT_SPLITS = ("test", "val", "valid")
+
 EXPECTED_LAYOUT = """expected layout:
   <folder>/train/<class_a>/*.jpg
   <folder>/train/<class_b>/*.jpg
-  <folder>/test/<class_a>/*.jpg
+  <folder>/test/<class_a>/*.jpg     (the held-out images: test/, or val/ or valid/)
   <folder>/test/<class_b>/*.jpg
-(the hotdog data: hotdog/train/hotdog, hotdog/train/not-hotdog, hotdog/test/...)"""
+(the hotdog data: hotdog/train/hotdog, hotdog/train/not-hotdog, hotdog/test/...;
+a folder with several of test/, val/, valid/ is evaluated on the first of them, in
+that order, that holds class folders)"""
 
 
 class DataLayoutError(ValueError):
@@ -50,18 +57,49 @@ def _iter_image_paths(class_dir):
             yield os.path.join(dirpath, f)
 
 
-def find_split_root(folder) -> pathlib.Path:
-    """The folder that holds `train/` and `test/`: `folder` itself or its only subfolder
-    (a zip of `hotdog/` extracts to `<dest>/hotdog/train`)."""
+def held_out_split(folder) -> str | None:
+    """The name of `folder`'s held-out split: the first of :data:`HELD_OUT_SPLITS`
+    (test/, val/, valid/) that holds class folders, else the first that exists (its
+    check then says what is wrong with it), else None."""
     folder = pathlib.Path(folder)
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
+    present = [s for s in HELD_OUT_SPLITS if (folder / s).is_dir()]
+    for name in present:
+        if _subfolders(folder / name):
+            return name
+    return present[0] if present else None
+
+
+def held_out(folder) -> pathlib.Path:
+    """The held-out split folder of a folder that holds train/ (see
+    :func:`held_out_split`)."""
+    name = held_out_split(folder)
+    if name is None:
+        raise DataLayoutError(
+            f"{folder} has no test/, val/ or valid/ folder beside train/; {EXPECTED_LAYOUT}"
+        )
+    return pathlib.Path(folder) / name
+
+
+def is_split_root(folder) -> bool:
+    """Whether `folder` holds train/ and a held-out split (test/, val/ or valid/)."""
+    folder = pathlib.Path(folder)
+    return (folder / "train").is_dir() and held_out_split(folder) is not None
+
+
+def find_split_root(folder) -> pathlib.Path:
+    """The folder that holds `train/` and a held-out split (`test/`, `val/` or
+    `valid/`): `folder` itself or its only subfolder (a zip of `hotdog/` extracts to
+    `<dest>/hotdog/train`)."""
+    folder = pathlib.Path(folder)
+    if is_split_root(folder):
         return folder
     subs = [folder / s for s in _subfolders(folder)] if folder.is_dir() else []
-    if len(subs) == 1 and (subs[0] / "train").is_dir() and (subs[0] / "test").is_dir():
+    if len(subs) == 1 and is_split_root(subs[0]):
         return subs[0]
     found = ", ".join(p.name + "/" for p in subs[:6]) or "no subfolders"
     raise DataLayoutError(
-        f"{folder} has no train/ and test/ folders (found {found}); {EXPECTED_LAYOUT}"
+        f"{folder} has no train/ folder beside a test/, val/ or valid/ folder "
+        f"(found {found}); {EXPECTED_LAYOUT}"
     )
 
 
@@ -142,16 +180,18 @@ def list_images(folder, *, skip_bad=False, min_classes=1):
 
 
 def check_splits(folder, min_classes=1) -> pathlib.Path:
-    """The folder holding `train/` and `test/` under `folder` (itself or its only
-    subfolder), checked: class folders with images, the same classes in both splits,
-    at least `min_classes` of them. Raises DataLayoutError showing the expected layout."""
+    """The folder holding `train/` and a held-out split under `folder` (itself or its
+    only subfolder), checked: class folders with images, the same classes in both
+    splits, at least `min_classes` of them. Raises DataLayoutError showing the
+    expected layout."""
     root = find_split_root(folder)
     train = check_image_folder(root / "train", min_classes)
-    test = check_image_folder(root / "test", 1)
+    evaluated = held_out(root)
+    test = check_image_folder(evaluated, 1)
     if train != test:
         raise DataLayoutError(
             f"the classes in {root / 'train'} {train} differ from those in "
-            f"{root / 'test'} {test}: both splits need the same class "
+            f"{evaluated} {test}: both splits need the same class "
             f"folders. {EXPECTED_LAYOUT}"
         )
     return root

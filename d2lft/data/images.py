@@ -2,7 +2,8 @@
 normalisation constants and test resize. Backend-neutral (PIL, numpy).
 
 Both backends decode with :func:`load_rgb` (PIL), so they see the same RGB pixels for
-the same file (:data:`IMAGE_SUFFIXES`), whatever its mode.
+the same file (:data:`IMAGE_SUFFIXES`), whatever its mode, turned upright as its EXIF
+orientation says (phone photos).
 """
 
 from __future__ import annotations
@@ -87,8 +88,39 @@ def to_rgb(im):
     return im.convert("RGB")
 
 
+#: The EXIF tag that says how a photo is to be turned for display (phones set it)
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(im) -> int:
+    """The EXIF orientation (1-8) of an open PIL image: 1 (upright as stored) when it
+    has none, or an unreadable one."""
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the pixels as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def swaps_sides(orientation: int) -> bool:
+    """Whether an EXIF orientation turns the image by 90 degrees (height <-> width)."""
+    return orientation in (5, 6, 7, 8)
+
+
+def upright(im):
+    """`im` turned as its EXIF orientation says (a portrait phone photo is stored
+    sideways with orientation 6 or 8); the same object when there is nothing to turn
+    (the hotdog photos have no orientation tag)."""
+    if exif_orientation(im) == 1:
+        return im
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
+
+
 def load_rgb(path):
-    """Decode the image file at `path` into an 8-bit RGB PIL image (see :func:`to_rgb`).
+    """Decode the image file at `path` into an 8-bit RGB PIL image (see :func:`to_rgb`),
+    turned upright as its EXIF orientation says (:func:`upright`).
 
     Raises BadImageError naming the file when it cannot be decoded (corrupt,
     truncated, not an image).
@@ -98,7 +130,7 @@ def load_rgb(path):
     try:
         with Image.open(path) as im:
             im.load()
-            return to_rgb(im)
+            return to_rgb(upright(im))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImageError(
             f"cannot read image {path}: {err}; {_SKIP_HINT} (with skip_bad="

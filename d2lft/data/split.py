@@ -32,6 +32,7 @@ from .folders import (
     check_image_folder,
     check_splits,
     find_split_root,
+    held_out_split,
     list_images,
 )
 from .hub import cache_dir, extract_zip, file_sha1, resolve_data_dir
@@ -60,8 +61,9 @@ def _unzip(path: pathlib.Path) -> pathlib.Path:
 
 def _class_root(path: pathlib.Path) -> pathlib.Path:
     """The folder whose subfolders are the classes: `path`, its `train/` when it has no
-    `test/`, or its only subfolder (a zip of `chairs/` extracts to `<dest>/chairs/`)."""
-    if (path / "train").is_dir() and not (path / "test").is_dir():
+    held-out split (test/, val/, valid/), or its only subfolder (a zip of `chairs/`
+    extracts to `<dest>/chairs/`)."""
+    if (path / "train").is_dir() and held_out_split(path) is None:
         return path / "train"
     subs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
     if len(subs) == 1:
@@ -224,13 +226,13 @@ def resolve_images(data_dir, val_fraction=None, *, seed=0) -> pathlib.Path:
         path = _unzip(path)
     path = _class_root(path)
     try:
-        find_split_root(path)
+        root = find_split_root(path)
     except DataLayoutError:
         pass
     else:
         raise ValueError(
-            f"{path} already has train/ and test/ folders: drop val_fraction "
-            f"to use them as they are"
+            f"{path} already has train/ and {held_out_split(root)}/ folders: drop "
+            f"val_fraction to use them as they are"
         )
     try:
         check_image_folder(path, 2)

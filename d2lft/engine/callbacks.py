@@ -171,9 +171,20 @@ class BookPrinter(Callback):
         if state.error is not None and not isinstance(state.error, KeyboardInterrupt):
             return
         out = self.stream or sys.stdout
-        if state.history.stopped_reason:
-            print(f"stopped: {state.history.stopped_reason}", file=out)
-        print(str(state.history), file=out, flush=True)
+        h = state.history
+        if h.stopped_reason:
+            print(f"stopped: {h.stopped_reason}", file=out)
+        resumed = h.config.get("resumed_from")
+        if resumed and h.epochs >= state.num_epochs and not math.isfinite(h.examples_per_sec):
+            print(
+                f"nothing to train: {resumed['path']} already holds all {h.epochs} "
+                f"epoch(s) of this run (ask for more with a larger number of epochs); "
+                f"its last epoch:",
+                file=out,
+            )
+            print(h.summary_lines()[0], file=out, flush=True)
+            return
+        print(str(h), file=out, flush=True)
 
 
 class ProgressBar(Callback):

@@ -63,7 +63,9 @@ class History:
         return [
             f"loss {self.train_loss[-1]:.3f}, train acc {self.train_acc[-1]:.3f}, "
             f"test acc {self.test_acc[-1]:.3f}",
-            f"{self.examples_per_sec:.1f} examples/sec on {self.devices_str}",
+            f"{self.examples_per_sec:.1f} examples/sec on {self.devices_str}"
+            if math.isfinite(self.examples_per_sec)
+            else f"examples/sec not measured (no training step) on {self.devices_str}",
         ]
 
     @property

@@ -360,6 +360,9 @@ class TrainPlan:
     pipeline_choice: str = ""
     #: the fast pipeline keeps its decoded images on disk (they exceed its budget)
     store_on_disk: bool = False
+    #: the held-out split folder the run is evaluated on ('test', 'val' or 'valid':
+    #: the first of them that the data folder has, see `d2lft.data.folders`)
+    eval_split: str = "test"
 
     @property
     def world_size(self) -> int:
@@ -389,6 +392,7 @@ class TrainPlan:
             "param_group": self.param_group,
             "image_size": self.image_size,
             "data_dir": str(self.data_dir),
+            "eval_split": self.eval_split,
             "classes": list(self.classes),
             "loss_reduction": self.loss_reduction,
             "pipeline": self.pipeline.name,

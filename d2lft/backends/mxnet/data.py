@@ -9,10 +9,11 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
-from ...data.folders import list_images
+from ...data.folders import held_out, list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
 from ...data.shards import shard as shard_of
 from ...data.shards import sharded_batches
+from ._npmode import array_fn
 
 
 class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
@@ -20,8 +21,10 @@ class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
     with the PyTorch backend): the same suffixes (`d2lft.data.IMAGE_SUFFIXES`; Gluon's
     own reads only .jpg/.jpeg/.png), hidden files and folders skipped, each file's
     header checked (or, with `skip_bad=True`, unreadable files skipped with a
-    warning), and every mode decoded to 8-bit RGB with PIL (`d2lft.data.load_rgb`),
-    so both backends see the same pixels; errors name the file."""
+    warning), and every mode decoded to 8-bit RGB with PIL (`d2lft.data.load_rgb`,
+    EXIF orientation applied), so both backends see the same pixels; errors name the
+    file. Images are NDArrays of the mode they are read in (``mx.np`` arrays with
+    numpy semantics active, as Gluon's own dataset gives)."""
 
     def __init__(self, root, flag=1, transform=None, *, skip_bad=False):
         self._skip_bad = skip_bad
@@ -34,7 +37,7 @@ class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
         path, label = self.items[idx]
         img = load_rgb(path)
         arr = np.asarray(img.convert("L"))[:, :, None] if self._flag == 0 else np.asarray(img)
-        img = mx.nd.array(arr, dtype="uint8")
+        img = array_fn()(arr, dtype="uint8")
         if self._transform is not None:
             return self._transform(img, label)
         return img, label
@@ -125,7 +128,8 @@ class ShardedBatches:
 def make_loaders(
     data_dir, batch_size, image_size=224, num_workers=None, seed=None, shuffle=True, shard=(1, 0)
 ):
-    """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`.
+    """(train_iter, test_iter) over `data_dir/train` and its held-out split (`test/`,
+    else `val/` or `valid/`: `d2lft.data.folders.held_out`).
 
     MXNet's loader uses numpy's and Python's global random state for shuffling and
     augmentation; `train_fine_tuning(seed=...)` seeds both. `shard`: ``(world, rank)``
@@ -134,7 +138,7 @@ def make_loaders(
     """
     num_workers = 0 if num_workers is None else num_workers
     train = image_folder(os.path.join(data_dir, "train"), train_augs(image_size))
-    test = image_folder(os.path.join(data_dir, "test"), test_augs(image_size))
+    test = image_folder(held_out(data_dir), test_augs(image_size))
     world, rank = shard
     if world > 1:
         sampler = ShardedBatches(len(train), batch_size, world, rank)

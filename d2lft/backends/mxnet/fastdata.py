@@ -27,6 +27,7 @@ from ...data.crops import (
     sample_resized_crops,
 )
 from ...data.decode_cache import get_cache, train_store
+from ...data.folders import held_out
 from ...data.images import load_rgb
 from ...data.shards import shard_bounds
 from ...engine.loop import epoch_seed
@@ -119,7 +120,7 @@ class FastData:
         self.world, self.rank = shard
         self.rng = np.random.default_rng(run_seed(seed))
         train_paths, self.train_labels = split_samples(os.path.join(data_dir, "train"))
-        test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
+        test_paths, self.test_labels = split_samples(held_out(data_dir))
         self.train = train_store(train_paths, image_size, decode_cache, on_disk=on_disk)
         self.test = test_store(test_paths, image_size, decode_cache, on_disk)
         self.mean = mx.nd.array(MEAN).reshape((1, 1, 1, 3))

@@ -11,7 +11,7 @@ import numpy as np
 from mxnet import gluon
 from PIL import Image
 
-from ...data.images import array_to_pil, load_rgb
+from ...data.images import array_to_pil, load_rgb, to_rgb, upright
 from .data import image_folder, test_augs
 from .models import head, num_outputs
 
@@ -24,7 +24,8 @@ def load_image(path):
 
 def _to_nd(item):
     if isinstance(item, Image.Image):
-        return mx.nd.array(np.asarray(item.convert("RGB")), dtype="uint8")
+        # a photo opened by hand: EXIF orientation too
+        return mx.nd.array(np.asarray(to_rgb(upright(item))), dtype="uint8")
     if isinstance(item, np.ndarray):
         return mx.nd.array(np.asarray(array_to_pil(item)), dtype="uint8")
     return load_image(item)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import sys
 
 import mxnet as mx
 from mxnet import gluon, init
 from mxnet.gluon.model_zoo import model_store, vision
 
+from ...data.hub import DownloadError
 from ...io import weights as portable
 from ...netinfo import NetInfo, attach
 from ._compat import import_gluoncv
@@ -85,14 +88,22 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
     net = _new_net(arch, num_classes)
     source_head = None
     if pretrained is True:
+        name = f"{arch}-{model_store.short_hash(arch)}"
+        repo = os.environ.get("MXNET_GLUON_REPO", model_store.apache_repo_url)
+        url = model_store._url_format.format(repo_url=repo.rstrip("/") + "/", file_name=name)
+        if not os.path.isfile(os.path.join(model_root(), name + ".params")):
+            print(f"Downloading {url} to {model_root()} (once)", file=sys.stderr, flush=True)
         try:
-            # root read now, not at import ($MXNET_HOME may be set after mxnet's import)
-            src = vision.get_model(arch, pretrained=True, root=model_root())
+            # root read now, not at import ($MXNET_HOME may be set after mxnet's import);
+            # Gluon's own lines (a temporary file name, five retries) are not shown
+            with contextlib.redirect_stdout(io.StringIO()):
+                src = vision.get_model(arch, pretrained=True, root=model_root())
         except Exception as err:
-            raise RuntimeError(
-                f"could not get the ImageNet {arch} weights ({err}). Offline? Place "
-                f"{arch}-{model_store.short_hash(arch)}.params in {model_root()}, or pass "
-                f"pretrained=PATH"
+            raise DownloadError(
+                f"could not download the ImageNet {arch} weights ({err}). To work offline, "
+                f"download {url} elsewhere, unzip it and place {name}.params in "
+                f"{model_root()} (Gluon then uses it without network access); or pass "
+                f"pretrained=PATH (a weights file) or pretrained=False (random features)"
             ) from err
         net.features = src.features
         source_head = src.output

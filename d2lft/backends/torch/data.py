@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from ...data.folders import list_images
+from ...data.folders import held_out, list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
 from ...data.shards import shard as shard_of
 from ...data.shards import sharded_batches
@@ -113,16 +113,17 @@ def make_loaders(
     pin_memory=False,
     shard=(1, 0),
 ):
-    """(train_iter, test_iter) over `data_dir/train` and `data_dir/test`. `shard`:
-    ``(world, rank)`` of a distributed worker, which then reads its shard of every
-    training batch (`seed` required) and its part of the test set."""
+    """(train_iter, test_iter) over `data_dir/train` and its held-out split (`test/`,
+    else `val/` or `valid/`: `d2lft.data.folders.held_out`). `shard`: ``(world, rank)``
+    of a distributed worker, which then reads its shard of every training batch (`seed`
+    required) and its part of the test set."""
     num_workers = default_num_workers() if num_workers is None else num_workers
     generator = None
     if seed is not None:
         generator = torch.Generator()
         generator.manual_seed(seed)
     train = image_folder(os.path.join(data_dir, "train"), train_augs(image_size))
-    test = image_folder(os.path.join(data_dir, "test"), test_augs(image_size))
+    test = image_folder(held_out(data_dir), test_augs(image_size))
     # persistent workers keep their random state from epoch to epoch; with a seed each
     # epoch's workers are seeded afresh from the loader's generator (reseeded per epoch
     # by train_fine_tuning), which is what makes resume= exact

@@ -33,6 +33,7 @@ from torchvision.ops import roi_align
 
 from ...data.crops import epoch_draws, run_seed, sample_resized_crops, stored_boxes
 from ...data.decode_cache import get_cache, train_store
+from ...data.folders import held_out
 from ...data.images import load_rgb
 from ...data.shards import shard_bounds
 from ...engine.loop import epoch_seed
@@ -185,7 +186,7 @@ class FastData:
         self.seed = seed
         self.rng = np.random.default_rng(run_seed(seed))
         train_paths, self.train_labels = split_samples(os.path.join(data_dir, "train"))
-        test_paths, self.test_labels = split_samples(os.path.join(data_dir, "test"))
+        test_paths, self.test_labels = split_samples(held_out(data_dir))
         # the test images are decoded in the background while the training images are
         # (and while the first epoch trains); `self.test` waits for them
         self._test_job = _BACKGROUND.submit(

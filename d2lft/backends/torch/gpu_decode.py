@@ -5,8 +5,9 @@ of its wall time (H200: 2.4-3.1 s of 3.8-4.8 s for the chapter's 5 epochs). On C
 devices `FastData` therefore decodes the training store with :func:`decode_batch`:
 
 * every file is read and its header checked with PIL (no decoding): only baseline
-  8-bit RGB or grayscale JPEGs that end with the end-of-image marker go to the GPU;
-  everything else (PNG, CMYK, truncated files, ...) goes through the CPU path
+  8-bit RGB or grayscale JPEGs that end with the end-of-image marker and carry no EXIF
+  rotation go to the GPU; everything else (PNG, CMYK, truncated files, phone photos
+  stored sideways, ...) goes through the CPU path
   (`d2lft.decode_cache.decode_rgb`, which also names unreadable files);
 * the JPEGs are decoded in batches on the device, their short side reduced to the
   store's bound with an antialiased bilinear resize (as PIL's resize does), and copied
@@ -27,6 +28,7 @@ import os
 import torch
 
 from ...data.decode_cache import decode_rgb, reduced_size
+from ...data.images import exif_orientation
 
 #: JPEGs decoded per `decode_jpeg` call (bounds the device memory of one batch)
 CHUNK = 256
@@ -52,7 +54,8 @@ def _read(path):
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
-            ok = im.format == "JPEG" and im.mode in ("RGB", "L")
+            # EXIF-rotated photos go to PIL, which turns them upright (decode_rgb)
+            ok = im.format == "JPEG" and im.mode in ("RGB", "L") and exif_orientation(im) == 1
             w, h = im.size
     except Exception:  # not an image PIL can even open: the CPU path names it
         return None, None

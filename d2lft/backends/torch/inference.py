@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...data.images import array_to_pil, load_rgb
+from ...data.images import array_to_pil, load_rgb, to_rgb, upright
 from .data import image_folder, test_augs
 from .models import head, num_outputs
 
@@ -23,7 +23,7 @@ def load_image(path) -> Image.Image:
 
 def _to_pil(item) -> Image.Image:
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(upright(item))  # a photo opened by hand: EXIF orientation too
     if isinstance(item, np.ndarray):
         return array_to_pil(item)
     return load_image(item)

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from ...data.hub import DownloadError
 from ...io import weights as portable
 from ...netinfo import NetInfo, attach
 from .resnet_v2 import resnet18_v2
@@ -82,9 +83,11 @@ def build_finetune_net(num_classes=2, pretrained=True, arch=None):
             net = _new_net(arch, weights=weights)
         except Exception as err:
             cache = pathlib.Path(torch.hub.get_dir()) / "checkpoints"
-            raise RuntimeError(
-                f"could not get the ImageNet ResNet-18 weights ({err}). Offline? Download "
-                f"{weights.url} and place it in {cache}, or pass pretrained=PATH"
+            raise DownloadError(
+                f"could not download the ImageNet ResNet-18 weights ({err}). To work "
+                f"offline, download {weights.url} elsewhere and place it in {cache} "
+                f"(torchvision then uses it without network access); or pass "
+                f"pretrained=PATH (a weights file) or pretrained=False (random features)"
             ) from err
         source_classes = list(weights.meta["categories"])
     elif pretrained is False or pretrained is None:
