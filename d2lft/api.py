@@ -18,8 +18,9 @@ from typing import Any, Literal
 from .backends import _registry
 from .data import hub
 from .data.decode_cache import get_cache, plan_store
-from .data.folders import check_image_folder, held_out, held_out_split, list_images
+from .data.folders import check_image_folder, count_images, held_out, held_out_split, list_images
 from .data.split import resolve_images
+from .engine import budget
 from .engine import callbacks as cb
 from .engine.dist import check_shards
 from .engine.history import History
@@ -188,6 +189,8 @@ def plan_run(
         raise ValueError(f"param_group must be True or False, got {param_group!r}")
     pipeline = pipeline_from(pipeline)
     run = _merge_run(run, devices, seed)
+    if run.checkpoint_dir is not None:  # never write over what is not d2lft's
+        ckpt.check_checkpoint_dir(run.checkpoint_dir)
     entry = _registry.spec(backend_name)
     precision = getattr(pipeline, "precision", "fp32")
     if precision == "bf16" and "bf16" not in entry.precisions:
@@ -209,6 +212,12 @@ def plan_run(
         folder = hub.resolve_data_dir(data_dir) if data_dir is not None else hub.download_hotdog()
     classes = check_image_folder(folder / "train")
     _check_head_fits(backend, net, classes, folder)
+    budget.check_fits(
+        image_size,
+        min(batch_size, max(count_images(folder / "train"), 1)),
+        training=True,
+        devices=backend.all_devices() if run.devices is None else run.devices,
+    )
     pipeline, choice, on_disk = choose_pipeline(pipeline, folder, image_size)
     job = backend.join_job(run.dist_timeout)
     if job is not None:

@@ -32,18 +32,17 @@ import typing
 
 import numpy as np
 
-from . import api, launch, plot
+from . import api, cli_guard, launch, plot
 from ._sys.atomic import atomic_write_text
 from ._version import __version__
 from .backends import _registry
 from .data import hub
-from .data.folders import DataLayoutError, find_split_root, list_images
-from .data.hub import DownloadError
+from .data.folders import DataLayoutError, find_split_root, held_out, list_images
 from .data.images import BadImageError, load_rgb
 from .data.split import _class_root, _unzip, class_names, resolve_images
 from .engine.dist import check_shards
 from .engine.loop import TrainingDiverged
-from .engine.options import PIPELINES, RunSpec, TrainPlan, cli_fields
+from .engine.options import MAX_RATE, MAX_RATE_TEXT, PIPELINES, RunSpec, TrainPlan, cli_fields
 from .exercises.head_init import init_head_from_source
 from .exercises.sweep import MODES, SweepResult, lr_sweep
 from .inference import evaluate, image_files, predict
@@ -52,6 +51,7 @@ from .netinfo import net_info
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 # --------------------------------------------------------------------------- flags from options
@@ -189,8 +189,10 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    if not math.isfinite(value) or value <= 0 or value > MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0 (at most {MAX_RATE_TEXT}), got {text!r}"
+        )
     return value
 
 
@@ -260,6 +262,7 @@ class _Job:
     net: typing.Any
     plan: TrainPlan
     out: pathlib.Path
+    overwrite: bool = False
 
 
 def _prepare(mode, args, source, out, lr=None) -> _Job:
@@ -300,7 +303,7 @@ def _prepare(mode, args, source, out, lr=None) -> _Job:
         )
         for tgt, (idx, name) in done.items():
             print(f"head row {tgt!r} initialised from source class {idx} {name!r}")
-    return _Job(mode, net, plan, out)
+    return _Job(mode, net, plan, out, bool(getattr(args, "overwrite", False)))
 
 
 def _run(job: _Job):
@@ -316,6 +319,8 @@ def _run(job: _Job):
             flush=True,
         )
         job.out.mkdir(parents=True, exist_ok=True)
+        if job.overwrite:  # --overwrite: the earlier run's files go now
+            cli_guard.clear_run(job.out)
     h = api.train(job.net, plan)
     if plan.rank != 0:
         return h
@@ -338,6 +343,7 @@ def _run(job: _Job):
 def cmd_train(args):
     if args.mode == "scratch" and args.pretrained not in (None, "none"):
         raise ValueError("--pretrained is for 'finetune'; 'scratch' starts from random weights")
+    cli_guard.check_run_out(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.nproc is not None or args.nnodes > 1:
         return _launch(args)
     _use_backend(args.backend)
@@ -362,7 +368,7 @@ def _launch(args):
     check_shards(
         args.batch_size,
         len(list_images(folder / "train")[1]),
-        len(list_images(folder / "test")[1]),
+        len(list_images(held_out(folder))[1]),
         world,
     )
     argv = list(args.argv)
@@ -399,6 +405,9 @@ def _launch(args):
 
 
 def cmd_compare(args):
+    cli_guard.check_outputs(
+        args.out, cli_guard.COMPARE_FILES, overwrite=args.overwrite, runs=MODES
+    )
     backend = _use_backend(args.backend)
     source = _data_source(args)
     out = pathlib.Path(args.out)
@@ -438,6 +447,7 @@ def cmd_compare(args):
 
 
 def cmd_sweep(args):
+    cli_guard.check_outputs(args.out, cli_guard.SWEEP_FILES, overwrite=args.overwrite)
     _use_backend(args.backend)
     pipeline = _pipeline(args)
     run = _run_spec(args)
@@ -461,6 +471,14 @@ def cmd_sweep(args):
     result.to_json(out / "sweep.json")
     plot.close(result.plot(out / "sweep.png"))
     _print_outputs(out)
+    if result.failed:  # the finished runs are kept in sweep.json; say which failed
+        for r in result.failed:
+            print(
+                f"d2lft sweep: error: the {r['mode']} run at lr {r['learning_rate']:g} "
+                f"failed: {r['error']}",
+                file=sys.stderr,
+            )
+        return EXIT_ERROR
     return 0
 
 
@@ -489,6 +507,8 @@ def _has_splits(source) -> bool:
 
 
 def cmd_evaluate(args):
+    if args.out and os.path.lexists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file, not a folder: choose a folder")
     net = _load(args)
     data_dir = _data_source(args)
     split = None if args.split == "all" else args.split
@@ -528,6 +548,8 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
+    if args.out:
+        cli_guard.check_png_out(args.out)
     net = _load(args)
     files = image_files(args.images)
     if not files:
@@ -557,6 +579,7 @@ def cmd_show(args):
     class, one row per class (the book shows 8 hotdogs and 8 others)."""
     from PIL import Image
 
+    cli_guard.check_png_out(args.out)
     src = _data_source(args)
     if src.is_file():
         src = hub.resolve_data_dir(src)
@@ -721,6 +744,7 @@ def build_parser():
         action="store_true",
         help="continue from the checkpoint in --out (default: off)",
     )
+    cli_guard.add_overwrite_flag(p)
     p.add_argument(
         "--init-head",
         action="append",
@@ -761,6 +785,7 @@ def build_parser():
         help="output folder: finetune/, scratch/, compare.json, compare.png "
         "(default: d2lft-compare)",
     )
+    cli_guard.add_overwrite_flag(p, "the results")
     p.set_defaults(func=cmd_compare, resume=False, init_head=None)
 
     p = sub.add_parser("sweep", help="exercises 1-2: test accuracy against learning rate")
@@ -783,6 +808,7 @@ def build_parser():
         help="(default: finetune scratch)",
     )
     p.add_argument("--out", default="d2lft-sweep", help="(default: d2lft-sweep)")
+    cli_guard.add_overwrite_flag(p, "the results")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="accuracy, confusion matrix and worst mistakes")
@@ -923,17 +949,22 @@ def cli_words(text: str) -> str:
 
 
 def main(argv=None):
+    cli_guard.guard_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe fails here, not in Python's exit
+        return code
+    except BrokenPipeError:  # `d2lft info ... | head -1`: the reader has gone
+        cli_guard.silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (
         ValueError,
-        FileNotFoundError,
+        OSError,  # FileNotFoundError, DownloadError, CacheError, a full or read-only disk
         ImportError,
         DataLayoutError,
-        DownloadError,
         CheckpointError,
         BadImageError,
         TrainingDiverged,
@@ -941,7 +972,10 @@ def main(argv=None):
     ) as err:
         if os.environ.get("D2LFT_DEBUG"):
             raise
-        print(f"d2lft {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
+        print(
+            f"d2lft {args.command}: error: {cli_words(cli_guard.describe(err, args))}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"d2lft {args.command}: interrupted", file=sys.stderr)

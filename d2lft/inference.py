@@ -23,11 +23,13 @@ from .data.folders import (
     DataLayoutError,
     _subfolders,
     check_image_folder,
+    count_images,
     find_split_root,
     held_out_split,
 )
 from .data.images import IMAGE_SUFFIXES
 from .data.split import _STAMP, _class_root, _unzip, resolve_images, source_paths
+from .engine import budget
 from .engine.options import check_args
 from .netinfo import has_info, net_info
 
@@ -54,6 +56,13 @@ def net_classes(net, classes=None):
             f"{len(classes)} class names given ({classes}) but the network has {n} outputs"
         )
     return classes
+
+
+def _check_batch(image_size, batch_size, n_images) -> None:
+    """`batch_size` checked, and the batches (at most `n_images` images) checked
+    against the host's memory (:func:`d2lft.engine.budget.check_fits`)."""
+    check_args(1.0, batch_size, 1, image_size)
+    budget.check_fits(image_size, min(batch_size, max(n_images, 1)), training=False)
 
 
 def net_image_size(net, image_size=None) -> int:
@@ -151,6 +160,7 @@ def predict(
     names = net_classes(net, classes)
     size = net_image_size(net, image_size)
     items = _check_items(images)
+    _check_batch(size, batch_size, len(items))
     probs = backend.predict_proba(net, items, image_size=size, batch_size=batch_size)
     out = []
     for i, (item, p) in enumerate(zip(items, probs, strict=True)):
@@ -389,6 +399,7 @@ def evaluate(
     names = net_classes(net, classes)
     size = net_image_size(net, image_size)
     folder, split_root = _split_folder(data_dir, split, val_fraction)
+    _check_batch(size, batch_size, count_images(folder))
     probs, labels, paths, folder_classes = backend.predict_folder(
         net, folder, image_size=size, batch_size=batch_size
     )

@@ -27,7 +27,7 @@ LAYERS = [
     ["d2lft.backends.torch", "d2lft.backends.mxnet"],
     ["d2lft.parity", "d2lft.inference", "d2lft.api"],
     ["d2lft.exercises"],
-    ["d2lft", "d2lft.cli", "d2lft.launch", "d2lft.__main__"],
+    ["d2lft", "d2lft.cli", "d2lft.cli_guard", "d2lft.launch", "d2lft.__main__"],
 ]
 #: what may be imported inside a function: frameworks, PIL, matplotlib (and IPython,
 #: present only in notebooks)

@@ -116,9 +116,18 @@ def sha1(b: bytes) -> str:
 
 
 def files_under(folder):
+    """The files under `folder`, but the (empty, hidden) lock files that d2lft keeps
+    beside what it downloads and extracts."""
     return sorted(
-        p.relative_to(folder).as_posix() for p in pathlib.Path(folder).rglob("*") if p.is_file()
+        p.relative_to(folder).as_posix()
+        for p in pathlib.Path(folder).rglob("*")
+        if p.is_file() and not p.name.endswith(".lock")
     )
+
+
+def names_in(folder):
+    """The names in `folder`, lock files left out."""
+    return sorted(p.name for p in pathlib.Path(folder).iterdir() if not p.name.endswith(".lock"))
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +176,7 @@ def test_download_then_cache_reuse_and_single_extraction(
     assert len(count_extractions) == 1, "the second call must not extract again"
     assert sentinel.read_text() == "kept"
     # nothing else was left in the cache: no temporary download or extraction folders
-    assert sorted(p.name for p in root.iterdir()) == ["hotdog.extracted", "hotdog.zip"]
+    assert names_in(root) == ["hotdog.extracted", "hotdog.zip"]
 
 
 def test_wrong_sha1_raises_and_leaves_nothing(server, zips, tmp_path):
@@ -178,7 +187,7 @@ def test_wrong_sha1_raises_and_leaves_nothing(server, zips, tmp_path):
     msg = str(err.value)
     assert url in msg and sha1(zips["other"]) in msg and "does not match" in msg
     assert files_under(root) == [], "no zip, partial or temporary file may stay in the cache"
-    assert list(root.iterdir()) == []
+    assert names_in(root) == []
 
 
 @pytest.mark.parametrize("status", [404, 500])
@@ -307,7 +316,7 @@ def test_interrupted_extraction_leaves_no_half_filled_folder(server, zips, tmp_p
     monkeypatch.setattr(zipfile.ZipFile, "extractall", interrupted)
     with pytest.raises(KeyboardInterrupt):
         d2lft.download_hotdog(tmp_path, url=url, sha1=sha1(zips["good"]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hotdog.zip"]
+    assert names_in(tmp_path) == ["hotdog.zip"]
     monkeypatch.setattr(zipfile.ZipFile, "extractall", real)
     folder = d2lft.download_hotdog(tmp_path, url=url, sha1=sha1(zips["good"]))
     assert data.check_splits(folder) == folder
@@ -424,7 +433,7 @@ def test_truncated_zip_is_a_clear_error(zips, tmp_path, monkeypatch):
     damaged.write_bytes(bytes(raw))
     with pytest.raises(DataLayoutError, match="truncated or corrupt"):
         data.resolve_data_dir(damaged)
-    assert [p.name for p in (tmp_path / "home" / "archives").iterdir()] == []
+    assert names_in(tmp_path / "home" / "archives") == []
 
 
 def test_non_zip_file_is_a_clear_error(tmp_path, server):
@@ -453,7 +462,7 @@ def test_wrong_layout_archive_shows_expected_layout(server, tmp_path):
         d2lft.download_hotdog(tmp_path / "cache", url=url, sha1=sha1(body))
     assert "expected layout" in str(err.value) and "train/<class_a>" in str(err.value)
     assert not (tmp_path / "cache" / "hotdog.extracted").exists(), "no half-valid folder kept"
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["hotdog.zip"]
+    assert names_in(tmp_path / "cache") == ["hotdog.zip"]
 
 
 @pytest.mark.parametrize(

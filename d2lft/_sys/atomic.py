@@ -1,10 +1,14 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename.
 
-Temporary files and folders (`tempfile.mkstemp` / `mkdtemp`) are private (0600 /
-0700) whatever the umask; what d2lft renames into place is given the mode that a
-plain `open()` / `os.mkdir()` would have given it instead (:func:`default_file_mode`,
-:func:`default_dir_mode`), and a file that replaces an existing one keeps that file's
-permission bits, as overwriting it in place would.
+Temporary files are made private (0600) whatever the umask; what d2lft renames into
+place is given the mode that a plain `open()` / `os.mkdir()` would have given it
+instead (:func:`default_file_mode`, :func:`default_dir_mode`), and a file that
+replaces an existing one keeps that file's permission bits, as overwriting it in
+place would.
+
+Temporary names record the process that made them (:func:`d2lft._sys.locks.temp_name`):
+the next write of the same file removes those of processes that are gone (a
+checkpoint save killed by SIGKILL leaves one), never a live process's.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import contextlib
 import os
 import pathlib
 import stat
-import tempfile
 import threading
+
+from .locks import reclaim, temp_name
 
 _UMASK_LOCK = threading.Lock()
 
@@ -54,7 +59,7 @@ def default_dir_mode() -> int:
 
 
 def set_default_mode(path) -> None:
-    """Give `path` (a file or a folder, e.g. made by tempfile) the mode that a plain
+    """Give `path` (a file or a folder, e.g. a private temporary one) the mode that a plain
     `open()` / `os.mkdir()` would have given it under the current umask."""
     path = pathlib.Path(path)
     os.chmod(path, default_dir_mode() if path.is_dir() else default_file_mode())
@@ -73,18 +78,26 @@ def _mode_for(path: pathlib.Path) -> int:
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it replaces `path` atomically,
     on error it is removed and `path` is left as it was. The new file gets the mode of
-    the file it replaces, else the umask's default (not mkstemp's 0600)."""
+    the file it replaces, else the umask's default (not the temporary file's 0600)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp)
+    reclaim(path.parent, path.name)  # what killed writes of this file left
+    tmp = path.parent / temp_name(path.name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:  # a read-only or full folder: name the file asked for
+        raise type(err)(err.errno, err.strerror, os.fspath(path)) from err
+    try:
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, _mode_for(path))
+            os.replace(tmp, path)
+        except OSError as err:  # a full disk: say which file could not be written
+            if err.errno is None or err.filename is not None:
+                raise
+            raise type(err)(err.errno, err.strerror, os.fspath(path)) from err
     finally:
         if tmp.exists():
             tmp.unlink()

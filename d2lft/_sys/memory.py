@@ -3,7 +3,8 @@
 `HostPeak` samples this process's resident set size (/proc/self/statm) in a daemon
 thread while a run is going, so the figure belongs to the run and not to the whole
 process (``getrusage``'s ``ru_maxrss`` only ever grows). Where /proc is missing, it
-falls back to ``ru_maxrss``.
+falls back to ``ru_maxrss``. :func:`available_bytes` is how much more memory the
+process may use (for refusing, before a run, a batch that cannot fit).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+
+from .env import env_number
 
 try:
     import resource
@@ -79,3 +82,57 @@ class HostPeak:
     @property
     def peak_mb(self) -> float:
         return self.peak / 2**20 if self.peak else float("nan")
+
+
+MEMORY_ENV = "D2LFT_MEMORY_MB"
+
+
+def _read_int(path) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def available_bytes() -> tuple[int | None, str]:
+    """The memory this process may still use and where that figure comes from:
+    $D2LFT_MEMORY_MB when set, else the least of the system's available memory
+    (/proc/meminfo's MemAvailable, else free pages) and what the cgroup's limit leaves
+    (containers). (None, reason) where none of these can be read."""
+    if os.environ.get(MEMORY_ENV, "").strip():
+        return int(env_number(MEMORY_ENV, 0) * 2**20), f"${MEMORY_ENV}"
+    found = []
+    avail = _meminfo_available()
+    if avail is None and hasattr(os, "sysconf"):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * _PAGE
+        except (ValueError, OSError):
+            avail = None
+    if avail is not None:
+        found.append((avail, "available system memory"))
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        cap, used = _read_int(limit), _read_int(usage)
+        if cap is not None and used is not None and cap < 2**60:
+            found.append((max(cap - used, 0), "the container's memory limit"))
+    if not found:
+        return None, "unknown"
+    return min(found)

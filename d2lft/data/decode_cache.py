@@ -45,9 +45,29 @@ from .._sys.atomic import atomic_path
 from .hub import cache_dir
 from .images import BadImageError, exif_orientation, swaps_sides, to_rgb, upright
 
-#: Default bytes of decoded images kept in memory across runs (per process).
-MEMORY_LIMIT_MB = int(os.environ.get("D2LFT_DECODE_CACHE_MB", "4096"))
+#: Default MiB of decoded images kept in memory across runs (per process), unless
+#: $D2LFT_DECODE_CACHE_MB says otherwise (read when a cache is first used).
+MEMORY_LIMIT_MB = 4096
+MEMORY_ENV = "D2LFT_DECODE_CACHE_MB"
 _FORMAT = 1
+
+
+def memory_limit_mb() -> int:
+    """$D2LFT_DECODE_CACHE_MB (a whole number of MiB, 0 keeps nothing), else
+    :data:`MEMORY_LIMIT_MB`; ValueError naming the variable for anything else."""
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    if not text:
+        return MEMORY_LIMIT_MB
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"${MEMORY_ENV} must be a whole number of MiB (0 keeps no decoded image in "
+            f"memory), got {text!r}: fix or unset the variable"
+        )
+    return value
 
 
 def default_max_short(image_size: int) -> int:
@@ -318,15 +338,37 @@ def decode_rgb(path, max_short=None):
     return arr, (oh, ow)
 
 
+def _check_store(store: ImageStore) -> None:
+    """ValueError unless `store`'s arrays agree with each other (a pack read from disk
+    whose contents were damaged or edited is rebuilt, not used)."""
+    n = len(store.keys)
+    data, offsets, shapes, orig = store.data, store.offsets, store.shapes, store.orig
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise ValueError(f"data is {data.dtype} {data.shape}, not a flat uint8 buffer")
+    for name, a, shape in (("offsets", offsets, (n,)), ("shapes", shapes, (n, 2))):
+        if a.shape != shape or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} is {a.dtype} {a.shape}, expected integers {shape}")
+    if orig.shape != (n, 2) or not np.issubdtype(orig.dtype, np.integer):
+        raise ValueError(f"orig is {orig.dtype} {orig.shape}, expected integers {(n, 2)}")
+    if not all(isinstance(k, str) for k in store.keys):
+        raise ValueError("its keys are not all strings")
+    if n:
+        sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1] * 3
+        if (shapes <= 0).any() or (offsets < 0).any() or (orig <= 0).any():
+            raise ValueError("it holds sizes or offsets <= 0")
+        if int((offsets + sizes).max()) > data.size:
+            raise ValueError("its offsets point past its data")
+
+
 class DecodeCache:
     """Decoded images, kept in memory (least recently used packs beyond `memory_mb`
     are dropped) and, with `cache_dir`, on disk as one ``.npz`` pack per split and
     transform, written atomically; a file whose path, size or mtime changed is decoded
     again, the others are reused."""
 
-    def __init__(self, cache_dir=None, memory_mb=MEMORY_LIMIT_MB, workers=None):
+    def __init__(self, cache_dir=None, memory_mb=None, workers=None):
         self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else None
-        self.memory_bytes = int(memory_mb) * 2**20
+        self._memory_mb = memory_mb
         self.workers = workers or min(
             8,
             len(os.sched_getaffinity(0))
@@ -337,13 +379,20 @@ class DecodeCache:
         self._lock = threading.Lock()
         self.decoded = 0  # files decoded by this cache (for tests and reports)
 
+    @property
+    def memory_bytes(self) -> int:
+        """The bytes of decoded images kept in memory (`memory_mb`, default
+        $D2LFT_DECODE_CACHE_MB or :data:`MEMORY_LIMIT_MB`)."""
+        mb = memory_limit_mb() if self._memory_mb is None else self._memory_mb
+        return int(mb) * 2**20
+
     def clear(self):
         with self._lock:
             self._packs.clear()
 
     def _pack_path(self, kind, paths, folder=None):
         digest = hashlib.sha1(
-            "\n".join(os.path.abspath(os.fspath(p)) for p in paths).encode()
+            b"\n".join(os.fsencode(os.path.abspath(os.fspath(p))) for p in paths)
         ).hexdigest()[:16]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in kind)
         return (folder or self.cache_dir) / f"{safe}-{digest}.npz"
@@ -359,6 +408,7 @@ class DecodeCache:
         """
         paths = [os.fspath(p) for p in paths]
         keys = [file_key(p) for p in paths]
+        memory_bytes = self.memory_bytes  # a bad $D2LFT_DECODE_CACHE_MB: before any work
         mem_key = (kind, tuple(keys))
         with self._lock:
             if mem_key in self._packs:
@@ -393,9 +443,9 @@ class DecodeCache:
         if self.cache_dir is not None and (todo or old is None or old.keys != keys):
             self._write_disk(kind, paths, store)
         with self._lock:
-            if store.nbytes <= self.memory_bytes:
+            if store.nbytes <= memory_bytes:
                 self._packs[mem_key] = store
-                while sum(s.nbytes for s in self._packs.values()) > self.memory_bytes:
+                while sum(s.nbytes for s in self._packs.values()) > memory_bytes:
                     self._packs.popitem(last=False)
         return store
 
@@ -436,9 +486,11 @@ class DecodeCache:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("format") != _FORMAT or meta.get("kind") != kind:
                     return None
-                return ImageStore(
+                store = ImageStore(
                     z["data"], z["offsets"], z["shapes"], z["orig"], list(meta["keys"])
                 )
+            _check_store(store)
+            return store
         except Exception as err:  # a damaged pack is rebuilt, never trusted
             warnings.warn(
                 f"ignoring unreadable decode cache {path} ({err}); rebuilding it", stacklevel=3

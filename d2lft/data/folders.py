@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
 import warnings
 
 from .images import IMAGE_SUFFIXES, BadImageError, check_image_file
@@ -45,16 +46,32 @@ def _subfolders(folder: pathlib.Path) -> list:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
 
 
-def _iter_image_paths(class_dir):
+def _special(path: str) -> bool:
+    """Whether `path` exists but is not a regular file (a FIFO, socket or device, even
+    through a symlink): such a file is never opened (reading a FIFO waits forever)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # missing, or a broken symlink: reading it fails with a clear error
+        return False
+
+
+def _iter_image_paths(class_dir, special=None):
     """The image files under `class_dir` (subfolders included, symlinked subfolders not
-    followed), in torchvision's order: folders sorted by path, files sorted by name."""
+    followed), in torchvision's order: folders sorted by path, files sorted by name.
+    Files with an image name that are not regular files are left out (and appended to
+    the list `special` when given)."""
     found = []
     for dirpath, dirnames, fnames in os.walk(class_dir):
         dirnames[:] = [d for d in dirnames if not _hidden(d)]
         found.append((dirpath, sorted(f for f in fnames if _is_image_name(f))))
     for dirpath, fnames in sorted(found):
         for f in fnames:
-            yield os.path.join(dirpath, f)
+            path = os.path.join(dirpath, f)
+            if _special(path):
+                if special is not None:
+                    special.append(path)
+                continue
+            yield path
 
 
 def held_out_split(folder) -> str | None:
@@ -140,22 +157,32 @@ def check_image_folder(folder, min_classes=1) -> list:
     return classes
 
 
+def count_images(folder) -> int:
+    """How many image files the class folders of one split folder hold (no file is
+    opened; 0 for a folder that is not there)."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return 0
+    return sum(sum(1 for _ in _iter_image_paths(folder / c)) for c in _subfolders(folder))
+
+
 def list_images(folder, *, skip_bad=False, min_classes=1):
     """`(classes, samples)` for one split folder: sorted class names and
     `[(path, class_index)]`, the same files in the same order for both backends.
 
     Every file with an image suffix (:data:`IMAGE_SUFFIXES`, any case; subfolders
-    included; hidden files skipped) is checked: by default its header is read and an
+    included; hidden files skipped; FIFOs, sockets and devices skipped with a warning,
+    never opened) is checked: by default its header is read and an
     unreadable file raises BadImageError naming it; with `skip_bad=True` each file is
     decoded (about 0.6 ms a JPEG) and unreadable ones are left out with one warning
     that names them. A class left with no image raises DataLayoutError.
     """
     folder = pathlib.Path(folder)
     classes = check_image_folder(folder, min_classes)
-    samples, bad = [], []
+    samples, bad, special = [], [], []
     for idx, c in enumerate(classes):
         n = len(samples)
-        for path in _iter_image_paths(folder / c):
+        for path in _iter_image_paths(folder / c, special):
             try:
                 check_image_file(path, deep=skip_bad)
             except BadImageError as err:
@@ -169,6 +196,13 @@ def list_images(folder, *, skip_bad=False, min_classes=1):
                 f"class folder {folder / c} holds no readable image "
                 f"({len(bad)} unreadable file(s) skipped); {EXPECTED_LAYOUT}"
             )
+    if special:
+        warnings.warn(
+            f"skipped {len(special)} file(s) in {folder} that are not regular files "
+            f"(FIFOs, sockets or devices; never read): {', '.join(special[:5])}"
+            f"{' ...' if len(special) > 5 else ''}",
+            stacklevel=2,
+        )
     if bad:
         shown = "; ".join(f"{p} ({e})" for p, e in bad[:5])
         warnings.warn(

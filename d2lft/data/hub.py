@@ -4,25 +4,47 @@ Backend-neutral: no framework is imported here. Downloads go through pooch, whic
 writes to a temporary file, checks the hash and only then moves the file into place,
 so a failed or corrupt download never leaves a file that is taken as data. Archives
 are extracted into a temporary folder beside their destination and renamed into place.
+
+Any number of processes may do this at once (a shared machine, a sweep in parallel
+processes): each download and each extraction runs under a file lock, the process
+that gets it first does the work, and the others find it done and use it. A finished
+copy is never removed. Temporary files and folders carry their process's id, and
+those of dead processes (killed during a download or an extraction) are reclaimed by
+the next one.
+
+Limits (environment variables, read when used):
+
+- ``D2LFT_MAX_DOWNLOAD_MB``: the most a download may bring (default: about 1.5x the
+  real hotdog.zip for the hotdog data, 4096 MB for other URLs);
+- ``D2LFT_DOWNLOAD_TIMEOUT``: seconds a whole download may take (default 3600), on top
+  of the 30 s that a server may stay silent;
+- ``D2LFT_MAX_EXTRACT_MB`` (default 20480) and ``D2LFT_MAX_EXTRACT_RATIO`` (default
+  100): the most an archive may extract to, in all and as a multiple of its own size
+  (a "zip bomb" is refused before anything is written).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import pathlib
 import re
 import shutil
-import tempfile
+import time
 import urllib.parse
 import urllib.request
 import zipfile
 import zlib
 
 import pooch
+import requests
+from tqdm.auto import tqdm
 
 from .._sys.atomic import set_default_mode
+from .._sys.env import env_number
+from .._sys.locks import locked, reclaim, short_base, temp_name
 from .folders import EXPECTED_LAYOUT, DataLayoutError, check_splits, find_split_root
 
 DATA_HUB = "http://d2l-data.s3-accelerate.amazonaws.com/"
@@ -43,6 +65,37 @@ URL_ENV = "D2LFT_DATA_URL"
 PROGRESS_ENV = "D2LFT_PROGRESS"
 
 
+MAX_DOWNLOAD_ENV = "D2LFT_MAX_DOWNLOAD_MB"
+
+
+DOWNLOAD_TIMEOUT_ENV = "D2LFT_DOWNLOAD_TIMEOUT"
+
+
+MAX_EXTRACT_ENV = "D2LFT_MAX_EXTRACT_MB"
+
+
+MAX_RATIO_ENV = "D2LFT_MAX_EXTRACT_RATIO"
+
+
+#: the most the hotdog download may bring (the real hotdog.zip is about 260 MB)
+HOTDOG_MAX_MB = 400
+#: the most a download of another URL may bring, unless $D2LFT_MAX_DOWNLOAD_MB says
+DEFAULT_MAX_DOWNLOAD_MB = 4096
+DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
+DEFAULT_MAX_EXTRACT_MB = 20480
+DEFAULT_MAX_RATIO = 100.0
+#: seconds a server may stay silent (connecting, or between two reads)
+_SILENCE = 30.0
+#: the zip compression methods Python's zipfile reads
+_ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+_ZIP_METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 93: "zstandard", 98: "ppmd"}
+
+
 _MARKER = ".d2lft-extracted"
 
 
@@ -52,11 +105,44 @@ _HTTP_SCHEMES = ("http", "https")
 _CHUNK = 1 << 20
 
 
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, getattr(errno, "EDQUOT", -1)}
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    getattr(errno, "EDQUOT", -1),
+}
 
 
 class DownloadError(OSError):
     """A download failed; the message names the URL and how to place the file by hand."""
+
+
+class CacheError(OSError):
+    """The cache folder cannot be made or written (read-only, full, not a folder); the
+    message names the folder and how to choose another ($D2LFT_HOME)."""
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _cache_write_error(folder, err: OSError, doing: str) -> CacheError:
+    """A CacheError saying that `doing` in the cache folder `folder` failed with `err`."""
+    why = {
+        errno.ENOSPC: "the disk is full",
+        errno.EROFS: "it is on a read-only file system",
+        errno.EACCES: "it is not writable",
+        errno.EPERM: "it is not writable",
+        errno.ENOTDIR: "a part of its path is a file",
+        errno.EEXIST: "a file is in the way",
+    }.get(getattr(err, "errno", None), str(err))
+    if getattr(err, "errno", None) == getattr(errno, "EDQUOT", -1):
+        why = "the disk quota is exhausted"
+    return CacheError(
+        f"cannot write the d2lft cache folder {folder} while {doing}: {why} ({err}). "
+        f"Free some space, or set ${HOME_ENV} (or pass root=) to a writable folder"
+    )
 
 
 def cache_dir(root=None) -> pathlib.Path:
@@ -67,10 +153,15 @@ def cache_dir(root=None) -> pathlib.Path:
     if root is None:
         root = pooch.os_cache("d2lft")
     path = pathlib.Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CacheError(
+            f"the d2lft cache folder {path} is a file, not a folder; set ${HOME_ENV} "
+            f"(or pass root=) to a folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OSError(
+        raise CacheError(
             f"cannot create the d2lft cache folder {path} ({err}); pass root= or set "
             f"${HOME_ENV} to a writable folder"
         ) from err
@@ -102,20 +193,87 @@ def _local_source(url: str):
     return None
 
 
-def _downloader(url: str, progressbar: bool):
-    """pooch's downloader for `url` (1 MiB chunks), or a copier for a local file."""
+class _LimitedHTTPDownloader:
+    """A pooch downloader (http/https) that stops a body larger than `max_bytes` and a
+    download that lasts longer than `deadline` seconds (a server that trickles a byte
+    now and then never trips a read timeout), and shows a tqdm bar if asked."""
+
+    def __init__(self, max_bytes: int, deadline: float, progressbar: bool):
+        self.max_bytes = int(max_bytes)
+        self.deadline = float(deadline)
+        self.progressbar = progressbar
+
+    def too_large(self, url, size) -> DownloadError:
+        return DownloadError(
+            f"{url} sends more than {_mb(self.max_bytes)} ({size}), more than this "
+            f"download may bring; it was stopped and nothing was kept. If the file really "
+            f"is that large (a mirror of another file), raise ${MAX_DOWNLOAD_ENV} (MB)"
+        )
+
+    def too_slow(self, url, got) -> DownloadError:
+        return DownloadError(
+            f"{url} did not finish within {self.deadline:g} s ({_mb(got)} received); "
+            f"it was stopped and nothing was kept. On a slow connection raise "
+            f"${DOWNLOAD_TIMEOUT_ENV} (seconds), or place the file by hand"
+        )
+
+    def __call__(self, url, output_file, pooch_obj=None):
+        start = time.monotonic()
+        silence = min(_SILENCE, self.deadline)
+        got = 0
+        with requests.get(url, stream=True, timeout=(silence, silence)) as r:
+            r.raise_for_status()
+            length = r.headers.get("Content-Length", "")
+            total = int(length) if length.isdigit() else None
+            if total is not None and total > self.max_bytes:
+                raise self.too_large(url, f"it announces {_mb(total)}")
+            bar = None
+            if self.progressbar:
+                bar = tqdm(total=total, unit="B", unit_scale=True, ncols=79, leave=True)
+            read = getattr(r.raw, "read1", None)  # urllib3 >= 2: returns what has come
+            chunks = (
+                iter(lambda: read(_CHUNK, decode_content=True), b"")
+                if read is not None
+                else r.iter_content(chunk_size=1 << 14)
+            )
+            try:
+                with open(output_file, "wb") as f:
+                    for chunk in chunks:
+                        got += len(chunk)
+                        if got > self.max_bytes:
+                            raise self.too_large(url, "the body did not end")
+                        if time.monotonic() - start > self.deadline:
+                            raise self.too_slow(url, got)
+                        f.write(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+            finally:
+                if bar is not None:
+                    bar.close()
+
+
+def _max_download_bytes(default_mb: float) -> int:
+    return int(env_number(MAX_DOWNLOAD_ENV, default_mb) * 2**20)
+
+
+def _downloader(url: str, progressbar: bool, max_bytes: int | None = None):
+    """A downloader for `url`: the limited HTTP downloader above (1 MiB reads), pooch's
+    for FTP, or a copier for a local file."""
     source = _local_source(url)
     if source is not None:
 
         def copy(_url, output_file, _pooch=None):
-            shutil.copyfile(source, output_file)
+            shutil.copyfile(source, output_file)  # a FIFO or device: SpecialFileError
 
         return copy
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme in _HTTP_SCHEMES:
-        return pooch.HTTPDownloader(progressbar=progressbar, chunk_size=_CHUNK)
+        if max_bytes is None:
+            max_bytes = _max_download_bytes(DEFAULT_MAX_DOWNLOAD_MB)
+        deadline = env_number(DOWNLOAD_TIMEOUT_ENV, DEFAULT_DOWNLOAD_TIMEOUT)
+        return _LimitedHTTPDownloader(max_bytes, deadline, progressbar)
     if scheme == "ftp":
-        return pooch.FTPDownloader(progressbar=progressbar, chunk_size=_CHUNK)
+        return pooch.FTPDownloader(progressbar=progressbar, chunk_size=_CHUNK, timeout=_SILENCE)
     raise ValueError(
         f"cannot download {url!r}: the address must start with http://, "
         f"https://, ftp:// or file://, or be a local file path"
@@ -138,14 +296,25 @@ def _by_hand(url, target, sha1) -> str:
     )
 
 
-def fetch(url: str, sha1: str, root=None, fname=None, progressbar=None) -> pathlib.Path:
+def fetch(
+    url: str,
+    sha1: str,
+    root=None,
+    fname=None,
+    progressbar=None,
+    *,
+    max_mb: float | None = None,
+) -> pathlib.Path:
     """Download `url` into the cache folder once, checked against `sha1`; return the path.
 
     A file already in the cache with the right hash is reused without network access
     (so a file placed there by hand works offline). A downloaded file is written to a
     temporary file and moved into place only when its SHA-1 matches; a file with the
     wrong hash (downloaded, or found in the cache) is never used nor kept. `url` may be
-    http(s)://, ftp://, file:// or a local path. Raises DownloadError naming the URL and
+    http(s)://, ftp://, file:// or a local path. An HTTP download is stopped beyond
+    `max_mb` (default $D2LFT_MAX_DOWNLOAD_MB, else 4096) and beyond
+    $D2LFT_DOWNLOAD_TIMEOUT seconds (default 3600). Processes that fetch the same file
+    at once download it once (a file lock). Raises DownloadError naming the URL and
     where to place the file by hand.
     """
     if not isinstance(url, str) or not url.strip():
@@ -157,28 +326,61 @@ def fetch(url: str, sha1: str, root=None, fname=None, progressbar=None) -> pathl
     target = folder / fname
     if progressbar is None:
         progressbar = _want_progressbar()
-    downloader = _downloader(url, progressbar)  # ValueError for an unsupported address
+    max_bytes = None if max_mb is None else _max_download_bytes(max_mb)
+    downloader = _downloader(url, progressbar, max_bytes)  # ValueError: unsupported address
+    if target.is_file() and file_sha1(target) == sha1:
+        return target  # no lock needed: a file in place is complete (it was renamed there)
+    try:
+        with locked(folder / f".{short_base(fname)}.lock", f"downloading {fname}") as held:
+            path = _fetch_locked(url, sha1, folder, fname, downloader, progressbar)
+            held.done()
+            return path
+    except CacheError:
+        raise
+    except OSError as err:
+        if getattr(err, "errno", None) in _WRITE_ERRNOS and not isinstance(err, DownloadError):
+            raise _cache_write_error(folder, err, f"downloading {url}") from err
+        raise
+
+
+def _fetch_locked(url, sha1, folder, fname, downloader, progressbar) -> pathlib.Path:
+    """:func:`fetch`'s work, under its lock: reuse, or download into a staging folder
+    of this process and rename into place."""
+    target = folder / fname
+    reclaim(folder, fname)  # staging folders of killed downloads
     stale = ""
-    cached = False
     if target.is_file():
         found = file_sha1(target)
-        cached = found == sha1
-        if found != sha1:  # pooch replaces it; say so if that fails
-            stale = (
-                f" The file already at {target} had SHA-1 {found}, not {sha1}, so it "
-                f"was not used and has been removed."
-            )
-    try:
-        path = pooch.retrieve(
-            url,
-            known_hash=f"sha1:{sha1}",
-            fname=fname,
-            path=folder,
-            downloader=downloader,
-            progressbar=progressbar,
+        if found == sha1:  # another process downloaded it while this one waited
+            return target
+        stale = (
+            f" The file already at {target} had SHA-1 {found}, not {sha1}, so it "
+            f"was not used and has been removed."
         )
-    except ValueError as err:  # pooch: hash mismatch (its temporary file is already gone)
         _remove(target)
+    staging = folder / temp_name(fname)
+    log = pooch.get_logger()
+    try:
+        staging.mkdir()
+        log.info("Downloading data from '%s' to file '%s'.", url, str(target))
+        level = log.level
+        log.setLevel(max(level, logging.WARNING))  # pooch would name the staging folder
+        try:
+            path = pooch.retrieve(
+                url,
+                known_hash=f"sha1:{sha1}",
+                fname=fname,
+                path=staging,
+                downloader=downloader,
+                progressbar=progressbar,
+            )
+        finally:
+            log.setLevel(level)
+        set_default_mode(path)  # pooch's temporary file was 0600: give it open()'s mode
+        os.replace(path, target)
+    except DownloadError:  # our own limits: the message says it all
+        raise
+    except ValueError as err:  # pooch: hash mismatch (its temporary file is already gone)
         raise DownloadError(
             f"{url} served a file whose SHA-1 does not match {sha1}; it was discarded and "
             f"nothing was kept in {folder}. If this mirror's file is the one you want, pass "
@@ -186,7 +388,6 @@ def fetch(url: str, sha1: str, root=None, fname=None, progressbar=None) -> pathl
             f"{_by_hand(url, target, sha1)}"
         ) from err
     except Exception as err:  # requests' and ftplib's errors, a missing local file, a full disk
-        _remove(target)
         if isinstance(err, OSError) and getattr(err, "errno", None) in _WRITE_ERRNOS:
             raise DownloadError(
                 f"could not write {target} while downloading {url}: {err}. "
@@ -196,10 +397,9 @@ def fetch(url: str, sha1: str, root=None, fname=None, progressbar=None) -> pathl
         raise DownloadError(
             f"could not download {url}: {err}.{stale} {_by_hand(url, target, sha1)}"
         ) from err
-    path = pathlib.Path(path)
-    if not cached:  # pooch's temporary file was 0600: give it open()'s mode
-        set_default_mode(path)
-    return path
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _unsafe_entry(name: str) -> bool:
@@ -213,15 +413,121 @@ def _stamp_ok(dest: pathlib.Path, marker) -> bool:
     return dest.is_dir() and stamp.is_file() and (marker is None or stamp.read_text() == marker)
 
 
+def _entry_problems(archive, infos, dest) -> None:
+    """Refuse, before anything is written, an archive whose entries d2lft cannot
+    extract faithfully: names that leave `dest`, encrypted entries, compression
+    methods Python cannot read, names too long for a file system, a name that is both
+    a file and a folder."""
+
+    def refuse(what, names, fix):
+        shown = ", ".join(repr(n) for n in names[:3]) + (" ..." if len(names) > 3 else "")
+        raise DataLayoutError(
+            f"{archive} holds {what} ({shown}); refusing to extract it, nothing was written. {fix}"
+        )
+
+    fix = "Extract it with another tool and pass the folder, or re-create the zip"
+    bad = [i.filename for i in infos if _unsafe_entry(i.filename)]
+    if bad:
+        refuse(f"unsafe entries (absolute paths or '..' that would write outside {dest})", bad, "")
+    locked_ = [i.filename for i in infos if i.flag_bits & 0x1]
+    if locked_:
+        refuse(
+            "encrypted (password-protected) entries",
+            locked_,
+            "Re-create the zip without a password, or extract it yourself and pass the folder",
+        )
+    odd = [
+        f"{i.filename} ({_ZIP_METHOD_NAMES.get(i.compress_type, f'method {i.compress_type}')})"
+        for i in infos
+        if i.compress_type not in _ZIP_METHODS
+    ]
+    if odd:
+        refuse(
+            "entries compressed with a method Python's zipfile cannot read",
+            odd,
+            f"{fix} with {', '.join(_ZIP_METHODS.values())} compression",
+        )
+    long_ = [
+        i.filename
+        for i in infos
+        if any(len(os.fsencode(part)) > 255 for part in i.filename.replace("\\", "/").split("/"))
+    ]
+    if long_:
+        refuse("names longer than 255 bytes, which no common file system allows", long_, fix)
+    files, folders = set(), set()
+    for i in infos:
+        parts = pathlib.PurePosixPath(i.filename.replace("\\", "/")).parts
+        for k in range(1, len(parts)):
+            folders.add(parts[:k])
+        (folders if i.is_dir() else files).add(parts)
+    clash = sorted("/".join(p) for p in files & folders)
+    if clash:
+        refuse("names that are both a file and a folder", clash, fix)
+
+
+def _extract_limits(archive: pathlib.Path, infos) -> int:
+    """The bytes the archive extracts to; DataLayoutError (a "zip bomb") when that is
+    more than $D2LFT_MAX_EXTRACT_MB or more than $D2LFT_MAX_EXTRACT_RATIO times the
+    archive's own size. zipfile never writes more than an entry's recorded size (it
+    stops there and checks the CRC), so the recorded sizes bound what is written."""
+    total = sum(i.file_size for i in infos)
+    cap = env_number(MAX_EXTRACT_ENV, DEFAULT_MAX_EXTRACT_MB) * 2**20
+    ratio_cap = env_number(MAX_RATIO_ENV, DEFAULT_MAX_RATIO)
+    size = max(archive.stat().st_size, 1)
+    if total > cap:
+        raise DataLayoutError(
+            f"{archive} would extract to {_mb(total)}, more than the {_mb(cap)} allowed; "
+            f"refusing to extract it, nothing was written. If you trust it, raise "
+            f"${MAX_EXTRACT_ENV} (MB)"
+        )
+    if total / size > ratio_cap:
+        raise DataLayoutError(
+            f"{archive} ({_mb(size)}) would extract to {_mb(total)}, {total / size:,.0f} "
+            f'times its size (a "zip bomb"; image archives hardly compress); refusing to '
+            f"extract it, nothing was written. If you trust it, raise "
+            f"${MAX_RATIO_ENV} (default {DEFAULT_MAX_RATIO:g})"
+        )
+    return total
+
+
+def _check_space(folder: pathlib.Path, need: int, archive) -> None:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if need > free:
+        raise CacheError(
+            f"extracting {archive} needs {_mb(need)} but only {_mb(free)} is free in "
+            f"{folder}; free some space, or set ${HOME_ENV} to a folder on another disk"
+        )
+
+
+def _discard(path: pathlib.Path) -> None:
+    """Remove a stale folder (or file) `path`: renamed first to a temporary name of this
+    process, so that a kill in the middle leaves a leftover that is reclaimed later,
+    never a half-removed folder under the real name."""
+    if not os.path.lexists(path):
+        return
+    aside = path.parent / temp_name(path.name)
+    os.replace(path, aside)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
 def extract_zip(archive, dest, *, marker=None, check=None) -> pathlib.Path:
     """Extract `archive` into folder `dest` once, safely and atomically; return `dest`.
 
-    Entries with absolute paths, drive letters or `..` are refused before anything is
-    written (DataLayoutError), so nothing lands outside `dest`. Extraction goes to a
-    temporary folder beside `dest` that is renamed into place, so an interrupted or
-    failed extraction never leaves a half-filled folder. `check(folder)`, if given,
-    validates the extracted tree before it is put in place. `marker` (e.g. the
-    archive's hash) is recorded; a later call with the same marker does nothing.
+    Entries with absolute paths, drive letters or `..`, encrypted entries, compression
+    methods Python cannot read, and an archive larger than the limits (see the module
+    text) are refused before anything is written (DataLayoutError), so nothing lands
+    outside `dest`. Extraction goes to a temporary folder beside `dest` that is renamed
+    into place, so an interrupted or failed extraction never leaves a half-filled
+    folder. `check(folder)`, if given, validates the extracted tree before it is put
+    in place. `marker` (e.g. the archive's hash) is recorded; a later call with the
+    same marker does nothing. Concurrent calls (threads or processes) extract once: the
+    others wait for the lock and find `dest` done; a finished `dest` is never removed.
     """
     archive = pathlib.Path(archive)
     dest = pathlib.Path(dest)
@@ -229,46 +535,71 @@ def extract_zip(archive, dest, *, marker=None, check=None) -> pathlib.Path:
         return dest
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError) as err:
         raise DataLayoutError(
             f"{archive} is not a readable zip archive ({err}): it is "
             f"truncated or not a zip file. Delete it and download it again, "
             f"or pass the extracted folder instead"
         ) from err
     with zf:
-        bad = [i.filename for i in zf.infolist() if _unsafe_entry(i.filename)]
-        if bad:
-            raise DataLayoutError(
-                f"{archive} holds unsafe entries {bad[:3]} (absolute paths "
-                f"or '..' that would write outside {dest}); refusing to "
-                f"extract it. Nothing was written."
-            )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(
-            tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        )
+        infos = zf.infolist()
+        _entry_problems(archive, infos, dest)
+        total = _extract_limits(archive, infos)
         try:
-            set_default_mode(tmp)  # mkdtemp's 0700 -> what os.mkdir would give
-            try:
-                zf.extractall(tmp)
-            except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            lock = dest.parent / f".{short_base(dest.name)}.lock"
+            with locked(lock, f"extracting {archive}") as held:
+                if not _stamp_ok(dest, marker):  # else another process extracted it meanwhile
+                    reclaim(dest.parent, dest.name)  # temporary folders of killed extractions
+                    _check_space(dest.parent, total, archive)
+                    _extract_locked(zf, archive, dest, marker, check)
+                held.done()
+        except (CacheError, DataLayoutError):
+            raise
+        except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:
                 raise DataLayoutError(
-                    f"{archive} is truncated or corrupt ({err}); delete it and download it again"
+                    f"{archive} holds a name too long for the file system of {dest.parent} "
+                    f"({err}); nothing was kept. Shorten the names in the archive, or "
+                    f"extract it yourself and pass the folder"
                 ) from err
-            if check is not None:
-                check(tmp)
-            (tmp / _MARKER).write_text(marker or "")
-            if dest.exists():
-                shutil.rmtree(dest)
-            try:
-                os.replace(tmp, dest)
-            except OSError:
-                if not _stamp_ok(dest, marker):  # else another process extracted it first
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            if err.errno in _WRITE_ERRNOS or err.errno in (errno.EPERM, errno.ENOTDIR):
+                raise _cache_write_error(dest.parent, err, f"extracting {archive}") from err
+            raise
     return dest
+
+
+def _extract_locked(zf, archive, dest, marker, check) -> None:
+    """:func:`extract_zip`'s work, under its lock."""
+    tmp = dest.parent / temp_name(dest.name)
+    tmp.mkdir()
+    try:
+        set_default_mode(tmp)
+        try:
+            zf.extractall(tmp)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+            raise DataLayoutError(
+                f"{archive} is truncated or corrupt ({err}); delete it and download it again"
+            ) from err
+        except (NotImplementedError, RuntimeError) as err:  # methods, encryption
+            raise DataLayoutError(
+                f"{archive} cannot be extracted by Python's zipfile ({err}); nothing was "
+                f"kept. Extract it with another tool and pass the folder"
+            ) from err
+        if check is not None:
+            check(tmp)
+        (tmp / _MARKER).write_text(marker or "")
+        _discard(dest)  # stale: no stamp, or another archive's (under the lock: not in use)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def archive_dest(archive: pathlib.Path, digest: str) -> pathlib.Path:
+    """Where an archive with SHA-1 `digest` is extracted in the cache: its name (cut
+    to 64 characters, so that long names stay within file-name limits) and digest."""
+    return cache_dir() / "archives" / f"{archive.stem[:64]}-{digest[:16]}"
 
 
 def resolve_data_dir(data_dir, min_classes=2) -> pathlib.Path:
@@ -295,8 +626,7 @@ def resolve_data_dir(data_dir, min_classes=2) -> pathlib.Path:
                 f"a .zip archive. {EXPECTED_LAYOUT}"
             )
         digest = file_sha1(path)
-        dest = cache_dir() / "archives" / f"{path.stem}-{digest[:16]}"
-        path = extract_zip(path, dest, marker=digest, check=check_splits)
+        path = extract_zip(path, archive_dest(path, digest), marker=digest, check=check_splits)
     return check_splits(path, min_classes)
 
 
@@ -316,7 +646,8 @@ def download_hotdog(
     folder = cache_dir(root)
     extracted = folder / "hotdog.extracted"
     if not _stamp_ok(extracted, sha1):
-        archive = fetch(url, sha1, root=folder, fname="hotdog.zip")
+        cap = HOTDOG_MAX_MB if sha1 == HOTDOG_SHA1 else None  # the real file's size is known
+        archive = fetch(url, sha1, root=folder, fname="hotdog.zip", max_mb=cap)
         extract_zip(archive, extracted, marker=sha1, check=check_splits)
     hotdog = extracted / "hotdog"
     if not hotdog.is_dir():

@@ -16,16 +16,17 @@ Backend-neutral, no framework imported.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pathlib
 import random
 import shutil
-import tempfile
 import zipfile
 
 from .._sys.atomic import set_default_mode
+from .._sys.locks import locked, reclaim, short_base, temp_name
 from .folders import (
     EXPECTED_LAYOUT,
     DataLayoutError,
@@ -35,7 +36,16 @@ from .folders import (
     held_out_split,
     list_images,
 )
-from .hub import cache_dir, extract_zip, file_sha1, resolve_data_dir
+from .hub import (
+    _WRITE_ERRNOS,
+    CacheError,
+    _cache_write_error,
+    archive_dest,
+    cache_dir,
+    extract_zip,
+    file_sha1,
+    resolve_data_dir,
+)
 
 _STAMP = "split.json"
 
@@ -55,8 +65,7 @@ def _check_fraction(val_fraction):
 
 def _unzip(path: pathlib.Path) -> pathlib.Path:
     digest = file_sha1(path)
-    dest = cache_dir() / "archives" / f"{path.stem}-{digest[:16]}"
-    return extract_zip(path, dest, marker=digest)
+    return extract_zip(path, archive_dest(path, digest), marker=digest)
 
 
 def _class_root(path: pathlib.Path) -> pathlib.Path:
@@ -110,16 +119,40 @@ def split_image_folder(
     for c, files in by_class.items():
         for f in files:
             st = os.stat(f)
-            key.update(f"{c}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            key.update(os.fsencode(f"{c}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n"))
     key.update(f"{val_fraction}:{seed}".encode())
     base = cache_dir(root) / "splits"
-    dest = base / f"{folder.name}-{key.hexdigest()[:16]}"
+    dest = base / f"{folder.name[:64]}-{key.hexdigest()[:16]}"
     if (dest / _STAMP).is_file():
         return dest
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=base))
     try:
-        set_default_mode(tmp)  # mkdtemp's 0700 -> what os.mkdir would give
+        base.mkdir(parents=True, exist_ok=True)
+        with locked(base / f".{short_base(dest.name)}.lock", f"splitting {folder}") as held:
+            if not (dest / _STAMP).is_file():  # else another process made it meanwhile
+                reclaim(base, dest.name)  # temporary folders of killed processes
+                _build_split(plan, dest)
+            held.done()
+    except CacheError:
+        raise
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise DataLayoutError(
+                f"a file name in {folder} is too long for the cache's file system "
+                f"({err}); shorten it, or set $D2LFT_HOME to a folder on another disk"
+            ) from err
+        if err.errno in _WRITE_ERRNOS:
+            raise _cache_write_error(base, err, f"splitting {folder}") from err
+        raise
+    return dest
+
+
+def _build_split(plan: dict, dest: pathlib.Path) -> None:
+    """Make the split folder `dest` from `plan`: links in a temporary folder of this
+    process, renamed into place (a half-made split is never seen under `dest`)."""
+    tmp = dest.parent / temp_name(dest.name)
+    tmp.mkdir()
+    try:
+        set_default_mode(tmp)  # what os.mkdir would give
         used = {}
         for split in ("train", "test"):
             for c, files in plan[split].items():
@@ -130,21 +163,25 @@ def split_image_folder(
         plan["linked_by"] = sorted(used)
         plan["sources"] = _plan_sources(plan)
         (tmp / _STAMP).write_text(json.dumps(plan, indent=1))
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process made the same split meanwhile
-            if not (dest / _STAMP).is_file():
-                raise
+        if dest.exists():  # no stamp: a leftover that is not a split; under the lock
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def _link_name(split, cls, i, source) -> str:
     """The path, relative to the split folder, of the link to the i-th (sorted) file
     `source` of class `cls` in `split` (posix separators, as split.json records it)."""
-    return f"{split}/{cls}/{i:05d}-{pathlib.PurePath(source).name}"
+    name = pathlib.PurePath(source).name
+    if len(os.fsencode(name)) > 240:  # "00000-" + a name near the 255-byte limit
+        stem, suffix = os.path.splitext(name)
+        digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:8]
+        while len(os.fsencode(stem)) > 100:
+            stem = stem[:-1]
+        name = f"{stem}-{digest}{suffix[:16]}"
+    return f"{split}/{cls}/{i:05d}-{name}"
 
 
 def _plan_sources(plan) -> dict:

@@ -37,6 +37,10 @@ BOOK_WEIGHT_DECAY = 0.001
 #: the largest crop size accepted (a 4096 px batch of 1 needs ~1 GB of activations)
 MAX_IMAGE_SIZE = 4096
 MIN_IMAGE_SIZE = 8
+#: the largest learning rate and weight decay accepted: the frameworks compute in
+#: float32 (at most ~3.4e38), and the head's 10x multiplier must stay finite
+MAX_RATE = 1e30
+MAX_RATE_TEXT = "1e30"
 
 
 def option(default, help: str, **cli):
@@ -282,10 +286,11 @@ class RunSpec:
             or not isinstance(wd, numbers.Real)
             or not math.isfinite(wd)
             or wd < 0
+            or wd > MAX_RATE
         ):
             raise ValueError(
-                f"weight_decay must be a finite number >= 0 (the book uses "
-                f"{BOOK_WEIGHT_DECAY}), got {wd!r}"
+                f"weight_decay must be a finite number >= 0 and at most {MAX_RATE_TEXT} (the "
+                f"book uses {BOOK_WEIGHT_DECAY}), got {wd!r}"
             )
         object.__setattr__(self, "weight_decay", float(wd))
         _check_bool("verbose", self.verbose)
@@ -327,10 +332,11 @@ def check_args(learning_rate, batch_size, num_epochs, image_size=224):
         or not isinstance(learning_rate, numbers.Real)
         or not math.isfinite(learning_rate)
         or learning_rate <= 0
+        or learning_rate > MAX_RATE
     ):
         raise ValueError(
-            f"learning_rate must be a finite number > 0 (the book uses 0.01 with "
-            f"MXNet, 5e-5 with PyTorch), got {learning_rate!r}"
+            f"learning_rate must be a finite number > 0 and at most {MAX_RATE_TEXT} (the "
+            f"book uses 0.01 with MXNet, 5e-5 with PyTorch), got {learning_rate!r}"
         )
     _check_int("batch_size", batch_size, 1)
     _check_int("num_epochs", num_epochs, 1)
@@ -415,6 +421,9 @@ def cli_fields(cls) -> list[dataclasses.Field]:
 __all__ = [
     "BOOK_WEIGHT_DECAY",
     "MAX_IMAGE_SIZE",
+    "MAX_RATE",
+    "MAX_RATE_TEXT",
+    "MIN_IMAGE_SIZE",
     "PIPELINES",
     "Augment",
     "BookLoop",

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 
 from .. import api, plot
@@ -66,13 +67,19 @@ class SweepResult(list):
                 f"{r['backend']:<7} {r['mode']:<9} {r['learning_rate']:>9.3g} "
                 f"{r['epochs']:>6} {f(r['train_loss'], '7.4g'):>7} "
                 f"{f(r['train_acc'], '9.3f'):>9} {f(r['test_acc'], '8.3f'):>8}  "
-                f"{'diverged' if r['diverged'] else ''}"
+                f"{'diverged' if r['diverged'] else 'failed' if r.get('error') else ''}"
             )
         return "\n".join(lines)
 
+    @property
+    def failed(self) -> list:
+        """The rows of runs that failed for a reason other than divergence (their
+        'error' says why)."""
+        return [r for r in self if r.get("error") and not r["diverged"]]
+
     def best(self, mode):
         """The row of `mode` with the highest test accuracy (None if all diverged)."""
-        rows = [r for r in self if r["mode"] == mode and not r["diverged"]]
+        rows = [r for r in self if r["mode"] == mode and r["test_acc"] is not None]
         return max(rows, key=lambda r: r["test_acc"]) if rows else None
 
     def plot(self, path=None, metric="test_acc"):
@@ -142,7 +149,10 @@ def lr_sweep(
     10x head, `param_group=True`); 'scratch' is its `scratch_net` (`param_group=False`).
     `pretrained`: True (ImageNet), a weights file, or False. The number of classes is
     taken from the data. A run whose loss becomes NaN or infinite is recorded as
-    diverged (accuracy None). `path`: also draw accuracy against learning rate there
+    diverged (accuracy None); a run that fails for another reason is recorded with
+    its 'error' (see :attr:`SweepResult.failed`, with a warning) and the sweep goes on,
+    so finished runs are never lost; Ctrl-C ends the sweep after the interrupted run's
+    row. `path`: also draw accuracy against learning rate there
     (PNG). `pipeline` and `run` (a :class:`d2lft.RunSpec`; its seed defaults to `seed`,
     it never prints: `verbose` prints a table row per run) go to every
     :func:`d2lft.train_fine_tuning`. `seed` seeds each network's initialisation too,
@@ -194,6 +204,17 @@ def lr_sweep(
                 diverged=True,
                 error=str(err),
             )
+        except Exception as err:  # any other failure: keep the finished rows, go on
+            h = None
+            row = dict(
+                train_loss=None,
+                train_acc=None,
+                test_acc=None,
+                epochs=0,
+                diverged=False,
+                error=f"{type(err).__name__}: {err}",
+            )
+            warnings.warn(f"the {mode} run at lr {lr:g} failed ({row['error']})", stacklevel=2)
         row.update(
             backend=backend,
             mode=mode,
@@ -206,6 +227,8 @@ def lr_sweep(
         result.histories.append(h)
         if verbose:
             print(str(result).splitlines()[-1], flush=True)
+        if h is not None and not h.completed:  # Ctrl-C or SIGTERM: stop the sweep here
+            break
     if path is not None:
         result.plot(path)
     return result

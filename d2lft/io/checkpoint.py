@@ -34,14 +34,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from .._version import __version__
 from ..backends import _registry
 from ..data.images import MEAN, STD, test_resize
 from ..engine.callbacks import Callback
 from ..engine.history import History
+from ..engine.options import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..netinfo import attach, net_info
-from .weights import net_arch, read_params, save_params
+from .weights import ARCHS, canonical_arch, net_arch, read_params, save_params
 
 INFO_KEY = "d2lft_checkpoint"
 HASH_KEY = "d2lft_checkpoint_sha256"
@@ -82,7 +84,7 @@ class Checkpoint:
     @property
     def history(self) -> History:
         return (
-            History.from_dict(self.info["history"])
+            History.from_dict({"backend": self.backend, "devices": [], **self.info["history"]})
             if self.info.get("history")
             else History(backend=self.backend, devices=[])
         )
@@ -116,6 +118,50 @@ def checkpoint_file(path) -> pathlib.Path:
     if path.is_dir() or (not path.exists() and path.suffix == ""):
         return path / FILE_NAME
     return path
+
+
+#: what d2lft writes into a run folder (`checkpoint_dir`, the command's --out)
+RUN_FILES = (FILE_NAME, "metrics.json", "learning_curve.png")
+
+
+def is_checkpoint(path) -> bool:
+    """Whether `path` is a d2lft checkpoint file (its header only is read)."""
+    try:
+        with safe_open(os.fspath(path), framework="numpy") as f:
+            return INFO_KEY in (f.metadata() or {})
+    except Exception:  # not a safetensors file at all
+        return False
+
+
+def check_checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
+    """Refuse (CheckpointError), before any training, a `checkpoint_dir` where writing
+    checkpoints would replace or mix with what is not d2lft's: an existing file that
+    is not a d2lft checkpoint (your data, the training zip), or a folder holding files
+    that d2lft did not write (anything but :data:`RUN_FILES`, hidden files and
+    subfolders). A new folder, or one with d2lft's own outputs, is fine: a checkpoint
+    replaces a checkpoint. Returns the checkpoint file's path."""
+    path = pathlib.Path(path).expanduser()
+    target = checkpoint_file(path)
+    fix = "pass a new or empty folder (CLI: --out)"
+    if path.is_dir():
+        foreign = sorted(
+            p.name
+            for p in path.iterdir()
+            if not p.name.startswith(".") and p.name not in RUN_FILES and not p.is_dir()
+        )
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (" ..." if len(foreign) > 4 else "")
+            raise CheckpointError(
+                f"d2lft will not write checkpoints into {path}: it holds files that d2lft "
+                f"did not write ({shown}); {fix}"
+            )
+    if os.path.lexists(target) and not (target.is_file() and is_checkpoint(target)):
+        what = "a file" if target.is_file() else "something"
+        raise CheckpointError(
+            f"d2lft will not write a checkpoint over {target}: it is {what} that is not "
+            f"a d2lft checkpoint; {fix}"
+        )
+    return target
 
 
 def save_checkpoint(
@@ -206,14 +252,96 @@ def read_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> Checkpoi
             )
     try:
         info = json.loads(info_json)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{target}: unreadable checkpoint metadata ({err})") from err
-    if info.get("checkpoint_version", 0) > CHECKPOINT_VERSION:
+    version = info.get("checkpoint_version", 0) if isinstance(info, dict) else 0
+    if _is_int(version) and version > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{target} was written by a newer d2lft (checkpoint version "
             f"{info['checkpoint_version']}): upgrade d2lft"
         )
+    problem = _metadata_problem(info, arrays)
+    if problem:
+        raise CheckpointError(
+            f"{target}: its checkpoint metadata is not valid ({problem}); the file was "
+            f"edited or written by something else. Use an intact copy or train again"
+        )
     return Checkpoint(target, info, arrays)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metadata_problem(info, arrays) -> str:
+    """What is wrong with a checkpoint's metadata (its types and ranges), '' if nothing:
+    a hash proves the file is as written, not that the writer was d2lft."""
+    if not isinstance(info, dict):
+        return f"it is a JSON {type(info).__name__}, not an object"
+    version = info.get("checkpoint_version", 0)
+    if not _is_int(version) or version < 0:
+        return f"checkpoint_version is {version!r}, not a whole number"
+    if info.get("kind") not in ("finetune", "scratch"):
+        return f"kind is {info.get('kind')!r}, not 'finetune' or 'scratch'"
+    try:
+        canonical_arch(info.get("arch"))
+    except (ValueError, TypeError):
+        return f"arch is {info.get('arch')!r}, not one of {ARCHS}"
+    if not isinstance(info.get("backend"), str):
+        return f"backend is {info.get('backend')!r}, not a name"
+    epoch = info.get("epoch")
+    if not _is_int(epoch) or epoch < 0:
+        return f"epoch is {epoch!r}, not a whole number >= 0"
+    size = info.get("image_size")
+    if not _is_int(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        return (
+            f"image_size is {size!r}, not a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"
+        )
+    classes = info.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not classes:
+            return f"classes is {classes!r}, not a list of names"
+        if not all(isinstance(c, str) for c in classes):
+            return "classes holds something other than names"
+        head = arrays.get("fc.weight")
+        if head is not None and head.ndim == 2 and head.shape[0] != len(classes):
+            return f"{len(classes)} class names for a head of {head.shape[0]} outputs"
+    if not isinstance(info.get("config", {}), dict):
+        return "config is not an object"
+    return _history_problem(info.get("history"))
+
+
+def _history_problem(h) -> str:
+    if h is None:
+        return ""
+    if not isinstance(h, dict):
+        return f"history is a JSON {type(h).__name__}, not an object"
+    lengths = set()
+    for key in ("train_loss", "train_acc", "test_acc"):
+        values = h.get(key, [])
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            return f"history.{key} is not a list of numbers"
+        lengths.add(len(values))
+    if len(lengths) > 1:
+        return "history's per-epoch lists differ in length"
+    if not _is_int(h.get("num_examples", 0)) or h.get("num_examples", 0) < 0:
+        return "history.num_examples is not a whole number >= 0"
+    if not isinstance(h.get("config", {}), dict) or not isinstance(h.get("devices", []), list):
+        return "history.config or history.devices has the wrong type"
+    for key in ("examples_per_sec", "wall_seconds", "peak_host_mb", "peak_device_mb"):
+        if h.get(key) is not None and not _is_number(h.get(key)):
+            return f"history.{key} is not a number"
+    if not isinstance(h.get("backend", ""), str):
+        return "history.backend is not a name"
+    try:
+        History.from_dict({"backend": "", "devices": [], **h})
+    except (TypeError, ValueError) as err:
+        return f"history: {err}"
+    return ""
 
 
 def _build(ck: Checkpoint):
@@ -298,7 +426,10 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "Checkpointer",
+    "RUN_FILES",
+    "check_checkpoint_dir",
     "checkpoint_file",
+    "is_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
     "resume_into",
