@@ -105,10 +105,10 @@ def _add_option_flags(p, names=None):
         "--pipeline",
         choices=tuple(PIPELINES),
         default="auto",
-        help="auto (default): fast where its decoded images fit memory or disk, else "
-        "book; book: the chapter's loop; fast: decode once, crop in batches, bf16 where "
-        "the hardware has it (docs/speed.md); fixed: deterministic batches both "
-        "backends see identically (docs/parity.md)",
+        help="auto: fast where its decoded images fit memory or disk, else book; book: "
+        "the chapter's loop; fast: decode once, crop in batches, bf16 where the hardware "
+        "has it (docs/speed.md); fixed: deterministic batches both backends see "
+        "identically (docs/parity.md) (default: auto)",
     )
     for name, (f, hint, _) in _option_fields().items():
         if names is None or name in names:

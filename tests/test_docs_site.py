@@ -130,6 +130,7 @@ def command_lines(text):
     import shlex
 
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # continued lines: one command
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
             if line.startswith("d2lft "):
