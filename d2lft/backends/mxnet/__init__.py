@@ -6,6 +6,7 @@ from ._compat import import_mxnet
 import_mxnet()  # before any module of this package imports mxnet: threads, numpy check
 
 from .data import image_folder, make_loaders, test_augs, train_augs  # noqa: E402
+from .export import export_onnx  # noqa: E402
 from .inference import head_arrays, predict_folder, predict_proba, set_head_rows  # noqa: E402
 from .models import (
     ARCHS,
@@ -32,6 +33,7 @@ __all__ = [
     "build_finetune_net",
     "build_scratch_net",
     "evaluate_accuracy",
+    "export_onnx",
     "head",
     "head_arrays",
     "image_folder",
