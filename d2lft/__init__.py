@@ -11,8 +11,9 @@ neither framework (a backend's package is imported when a function first needs i
 The code lives in: `api` (the chapter's functions), `data` (hub, folders, images,
 splits, the fast pipeline's decoded images), `engine` (options, the epoch loop,
 callbacks, History), `io` (portable weights, checkpoints), `inference` (predict,
-evaluate), `exercises` (lr sweeps, head initialisation), `plot`, `backends` (the
-registry and one package per framework) and `cli`.
+evaluate), `deploy` (ONNX export and prediction with onnxruntime alone; the local
+web page of `d2lft serve`), `exercises` (lr sweeps, head initialisation), `plot`,
+`backends` (the registry and one package per framework) and `cli`.
 """
 
 from ._version import __version__
@@ -40,6 +41,8 @@ from .data.folders import DataLayoutError
 from .data.hub import HOTDOG_SHA1, HOTDOG_URL, DownloadError, download_hotdog
 from .data.images import BadImageError
 from .data.split import class_names, split_image_folder
+from .deploy.onnx import OnnxError, OnnxModel, export, load_onnx
+from .deploy.serve import serve
 from .engine.callbacks import Callback, EarlyStopping, RunState
 from .engine.history import History
 from .engine.loop import TrainingDiverged
@@ -97,6 +100,8 @@ __all__ = [
     "FixedBatches",
     "History",
     "NetInfo",
+    "OnnxError",
+    "OnnxModel",
     "Prediction",
     "RunSpec",
     "RunState",
@@ -112,11 +117,13 @@ __all__ = [
     "equivalent_lr",
     "equivalent_sgd",
     "evaluate",
+    "export",
     "get_backend",
     "image_folder",
     "init_head_from_source",
     "load_checkpoint",
     "load_hotdog",
+    "load_onnx",
     "load_params",
     "loss_reduction",
     "lr_sweep",
@@ -133,6 +140,7 @@ __all__ = [
     "save_checkpoint",
     "save_params",
     "seed",
+    "serve",
     "show_images",
     "split_image_folder",
     "test_augs",

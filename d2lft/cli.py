@@ -9,6 +9,9 @@
     d2lft sweep --lrs 0.001 0.01 0.1 --epochs 2 --out runs/sweep
     d2lft show --data-dir hotdog --out hotdog.png
     d2lft info runs/ft
+    d2lft export --checkpoint runs/ft --out hotdog.onnx
+    d2lft predict --checkpoint hotdog.onnx photo.jpg     (onnxruntime only)
+    d2lft serve --checkpoint runs/ft                     (a web page on 127.0.0.1:7860)
 
 Every training command writes into --out: metrics.json (the History), a learning-curve
 PNG and checkpoint.safetensors. The training flags are built from the option
@@ -40,6 +43,8 @@ from .data import hub
 from .data.folders import DataLayoutError, find_split_root, held_out, list_images
 from .data.images import BadImageError, load_rgb
 from .data.split import _class_root, _unzip, class_names, resolve_images
+from .deploy import serve as web
+from .deploy.onnx import export, is_onnx, load_onnx
 from .engine.dist import check_shards
 from .engine.loop import TrainingDiverged
 from .engine.options import MAX_RATE, MAX_RATE_TEXT, PIPELINES, RunSpec, TrainPlan, cli_fields
@@ -483,6 +488,8 @@ def cmd_sweep(args):
 
 
 def _load(args):
+    if is_onnx(args.checkpoint):  # an exported model: onnxruntime, no framework
+        return load_onnx(args.checkpoint)
     if not args.backend and not os.environ.get("D2LFT_BACKEND"):
         args.backend = read_checkpoint(args.checkpoint, verify=False).backend
         if not _registry.framework_installed(args.backend):
@@ -515,7 +522,7 @@ def cmd_evaluate(args):
     val_fraction, origin = args.val_fraction, "--val-fraction"
     if val_fraction is None and split is not None and not _has_splits(data_dir):
         # the same held-out images as training, when it split ONE folder of classes
-        recorded = net_info(net).checkpoint.config.get("val_fraction")
+        recorded = None if is_onnx(net) else net_info(net).checkpoint.config.get("val_fraction")
         if recorded is not None:
             val_fraction, origin = recorded, f"recorded in {net_info(net).checkpoint.path}"
     ev = evaluate(
@@ -606,6 +613,10 @@ def cmd_show(args):
 
 
 def cmd_info(args):
+    if is_onnx(args.checkpoint):
+        model = load_onnx(args.checkpoint)
+        print(json.dumps(model.info, indent=2) if args.json else model)
+        return 0
     ck = read_checkpoint(args.checkpoint)
     if args.json:
         print(json.dumps(ck.info, indent=2))
@@ -620,6 +631,83 @@ def cmd_info(args):
     print(f"  preprocessing: {ck.info['preprocessing']}")
     print("  hash verified")
     return 0
+
+
+def cmd_export(args):
+    if is_onnx(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint} is already an ONNX file")
+    out = args.out or checkpoint_file(args.checkpoint).with_name("model.onnx")
+    net = _load(args)
+    path = export(net, out, format=args.format)
+    m = load_onnx(path)
+    s = m.image_size
+    print(
+        f"wrote {path} ({path.stat().st_size:,d} bytes): {m.kind} {m.arch} trained with "
+        f"{m.trained_with}, classes {m.classes}\n  exported with {m.info['exporter']}\n"
+        f"  input 'input': N x 3 x {s} x {s} float32, normalised; output 'logits' "
+        f"(the preprocessing is in its metadata)\n"
+        f"  predict without torch or MXNet: d2lft predict --checkpoint {path} IMAGE..."
+    )
+    return 0
+
+
+def cmd_serve(args):
+    web.require_web()  # these fail before a framework loads
+    web.bind(args.host, args.port).close()
+    web.serve(
+        _load(args),
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+    )
+    return 0
+
+
+def _port(text):
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {text!r}")
+    return int(text)
+
+
+def _add_deploy_commands(sub):
+    """`serve` and `export` (docs/serve-and-export.md)."""
+    p = sub.add_parser("serve", help="a local web page that classifies your photos")
+    _add_backend(p)
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint file, --out folder, or .onnx file"
+    )
+    p.add_argument(
+        "--host", default=web.DEFAULT_HOST, help="(default: 127.0.0.1, this machine only)"
+    )
+    p.add_argument(
+        "--port", type=_port, default=web.DEFAULT_PORT, help="(default: 7860; 0: any free port)"
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=_positive_float,
+        default=web.MAX_UPLOAD_MB,
+        help=f"largest upload, all photos together (default: {web.MAX_UPLOAD_MB:g})",
+    )
+    p.add_argument(
+        "--max-files",
+        type=_positive_int,
+        default=web.MAX_FILES,
+        help=f"most photos in one upload (default: {web.MAX_FILES})",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="the model as an ONNX file (predict without torch/MXNet)")
+    _add_backend(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or --out folder")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.onnx",
+        help="(default: model.onnx beside the checkpoint)",
+    )
+    p.set_defaults(func=cmd_export)
 
 
 # --------------------------------------------------------------------------- parser
@@ -721,7 +809,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="d2lft",
         description="Fine-tuning (Dive into Deep Learning, section 14.2) with "
-        "MXNet or PyTorch: train, evaluate, predict, compare, sweep, show.",
+        "MXNet or PyTorch: train, evaluate, predict, compare, sweep, show, serve, export.",
     )
     parser.add_argument("--version", action="version", version=f"d2lft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -856,7 +944,9 @@ def build_parser():
     _add_backend(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (required)")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint file or --out folder (required)"
+        "--checkpoint",
+        required=True,
+        help="checkpoint file, --out folder, or .onnx file (required)",
     )
     p.add_argument(
         "--top", type=_positive_int, default=1, help="also show the next classes (default: 1)"
@@ -888,6 +978,7 @@ def build_parser():
         "--json", action="store_true", help="print the metadata as JSON only (default: off)"
     )
     p.set_defaults(func=cmd_info)
+    _add_deploy_commands(sub)
     return parser
 
 

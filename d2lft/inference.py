@@ -2,7 +2,10 @@
 an image folder (accuracy, confusion matrix, worst mistakes), and their pictures.
 
 Backend-neutral: the framework work (test transform, forward pass) is done by the
-active backend's `predict` module; nothing here imports a framework.
+active backend's `predict` module; nothing here imports a framework. An ONNX model
+exported by :func:`d2lft.export` (an :class:`d2lft.OnnxModel` or its ``.onnx``
+path) is accepted in place of a network: onnxruntime runs it, with the test
+transform in numpy/PIL, and neither framework is imported.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .data.folders import (
 )
 from .data.images import IMAGE_SUFFIXES
 from .data.split import _STAMP, _class_root, _unzip, resolve_images, source_paths
+from .deploy.onnx import OnnxModel, is_onnx, load_onnx
 from .engine import budget
 from .engine.options import check_args
 from .netinfo import has_info, net_info
@@ -42,12 +46,35 @@ def backend_predict(net=None):
     return _registry.for_net(net) if net is not None else _registry.current()
 
 
+def _predict_proba(net, items, image_size, batch_size):
+    """Class probabilities from the net's backend, or from onnxruntime (OnnxModel)."""
+    if isinstance(net, OnnxModel):
+        return net.predict_proba(items, image_size, batch_size)
+    return backend_predict(net).predict_proba(
+        net, items, image_size=image_size, batch_size=batch_size
+    )
+
+
+def _predict_folder(net, folder, image_size, batch_size):
+    if isinstance(net, OnnxModel):
+        return net.predict_folder(folder, image_size, batch_size)
+    return backend_predict(net).predict_folder(
+        net, folder, image_size=image_size, batch_size=batch_size
+    )
+
+
+def _known_classes(net):
+    if is_onnx(net):
+        return load_onnx(net).classes
+    return net_info(net).classes if has_info(net) else None
+
+
 def net_classes(net, classes=None):
     """The class names of `net`'s outputs: `classes` if given, else those that travel
     with the net (set by training or by a checkpoint), else 'class 0', 'class 1', ..."""
-    n = backend_predict(net).num_outputs(net)
     if classes is None:
-        classes = net_info(net).classes if has_info(net) else None
+        classes = _known_classes(net)
+    n = len(load_onnx(net).classes) if is_onnx(net) else backend_predict(net).num_outputs(net)
     if classes is None:
         return [f"class {i}" for i in range(n)]
     classes = [str(c) for c in classes]
@@ -66,6 +93,8 @@ def _check_batch(image_size, batch_size, n_images) -> None:
 
 
 def net_image_size(net, image_size=None) -> int:
+    if is_onnx(net):
+        return load_onnx(net).check_image_size(image_size)
     if image_size is None:
         image_size = (net_info(net).image_size if has_info(net) else None) or DEFAULT_IMAGE_SIZE
     check_args(1.0, 1, 1, image_size)
@@ -155,13 +184,15 @@ def predict(
 
     Returns a list of :class:`Prediction` (label, probability, probs). Class names are
     the ones that travel with the net (:func:`d2lft.net_info`), unless `classes` is given.
+    `net` may also be an ONNX model written by :func:`d2lft.export` (its path or
+    :func:`d2lft.load_onnx`'s OnnxModel): then only onnxruntime is needed.
     """
-    backend = backend_predict(net)
+    net = load_onnx(net) if is_onnx(net) else net  # read once
     names = net_classes(net, classes)
     size = net_image_size(net, image_size)
     items = _check_items(images)
     _check_batch(size, batch_size, len(items))
-    probs = backend.predict_proba(net, items, image_size=size, batch_size=batch_size)
+    probs = _predict_proba(net, items, size, batch_size)
     out = []
     for i, (item, p) in enumerate(zip(items, probs, strict=True)):
         k = int(np.argmax(p))
@@ -393,22 +424,20 @@ def evaluate(
     (DataLayoutError). The folder's class names are matched to the net's class names
     by name (a folder may hold a subset of the net's classes). `Evaluation.paths`
     (and mistakes) name your own files, not the links of the split folder in the
-    cache.
+    cache. `net` may also be an exported ONNX model (see :func:`predict`).
     """
-    backend = backend_predict(net)
+    net = load_onnx(net) if is_onnx(net) else net  # read once
     names = net_classes(net, classes)
     size = net_image_size(net, image_size)
     folder, split_root = _split_folder(data_dir, split, val_fraction)
     _check_batch(size, batch_size, count_images(folder))
-    probs, labels, paths, folder_classes = backend.predict_folder(
-        net, folder, image_size=size, batch_size=batch_size
-    )
+    probs, labels, paths, folder_classes = _predict_folder(net, folder, size, batch_size)
     if split_root is not None:
         paths = source_paths(paths, split_root)
     unknown = [c for c in folder_classes if c not in names]
     if (
         unknown
-        and (not has_info(net) or net_info(net).classes is None)
+        and _known_classes(net) is None
         and classes is None
         and len(folder_classes) == len(names)
     ):

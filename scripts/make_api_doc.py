@@ -91,6 +91,7 @@ GROUPS = [
         ],
     ),
     ("Using a trained network", ["predict", "Prediction", "evaluate", "Evaluation"]),
+    ("Export and serve", ["export", "load_onnx", "OnnxModel", "OnnxError", "serve"]),
     (
         "Pictures",
         ["show_images", "plot_history", "plot_predictions", "plot_confusion", "plot_lr_sweep"],

@@ -190,6 +190,61 @@ MUTANTS = {
         [("d2lft/data/shards.py", "    start = rank * step", "    start = 0 * step")],
         ["tests/test_distributed.py", "-k", "shards_split or equal"],
     ),
+    # issue 18: export and serve
+    "onnx-mxnet-fixed-gamma-kept": (
+        "MXNet's ONNX export keeps a fix_gamma BatchNorm's stored gamma (MXNet uses 1)",
+        [
+            (
+                "d2lft/backends/mxnet/export.py",
+                "        params[name] = mx.nd.ones_like(params[name])",
+                "        params[name] = params[name]",
+            )
+        ],
+        ["tests/test_export.py", "-k", "logits and mxnet and v2"],
+    ),
+    "onnx-transform-crop-floor": (
+        "the numpy test transform floors the center-crop offset (torchvision rounds)",
+        [
+            (
+                "d2lft/data/preprocess.py",
+                "return int(round((size - crop) / 2.0))",
+                "return (size - crop) // 2",
+            )
+        ],
+        ["tests/test_export.py", "-k", "numpy_transform"],
+    ),
+    "onnx-transform-bicubic": (
+        "the numpy test transform resizes with a bicubic filter (torchvision: bilinear)",
+        [("d2lft/data/preprocess.py", "Image.BILINEAR)", "Image.BICUBIC)")],
+        ["tests/test_export.py", "-k", "numpy_transform"],
+    ),
+    "serve-no-lock": (
+        "d2lft serve: concurrent requests run their forward passes at the same time",
+        [("d2lft/deploy/serve.py", "        with self.lock:", "        if True:")],
+        ["tests/test_serve.py", "-k", "concurrent and torch"],
+    ),
+    "serve-no-drain": (
+        "d2lft serve: a too-large upload is answered while the client is still sending",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "        while not self.ended and budget > 0:",
+                "        while False:",
+            )
+        ],
+        ["tests/test_serve.py", "-k", "bad_uploads"],
+    ),
+    "serve-no-stream-limit": (
+        "d2lft serve: an upload without Content-Length is read whatever its size",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "            if self.seen > self.limit:",
+                "            if False:",
+            )
+        ],
+        ["tests/test_serve.py", "-k", "bad_uploads"],
+    ),
 }
 
 

@@ -24,14 +24,21 @@ LAYERS = [
     ["d2lft.backends._registry", "d2lft.backends"],
     ["d2lft.engine"],
     ["d2lft.io"],
+    ["d2lft.deploy"],
     ["d2lft.backends.torch", "d2lft.backends.mxnet"],
     ["d2lft.parity", "d2lft.inference", "d2lft.api"],
-    ["d2lft.exercises"],
+    ["d2lft.exercises", "d2lft.deploy.serve"],
     ["d2lft", "d2lft.cli", "d2lft.cli_guard", "d2lft.launch", "d2lft.__main__"],
 ]
 #: what may be imported inside a function: frameworks, PIL, matplotlib (and IPython,
-#: present only in notebooks)
-LAZY_OK = {"torch", "torchvision", "mxnet", "gluoncv", "PIL", "matplotlib", "IPython"}
+#: present only in notebooks), and the optional extras' packages (`onnx`: onnx,
+#: onnxruntime; `serve`: starlette, uvicorn), which `import d2lft` must not need
+LAZY_OK = {"torch", "torchvision", "mxnet", "gluoncv", "PIL", "matplotlib", "IPython"} | {
+    "onnx",
+    "onnxruntime",
+    "starlette",
+    "uvicorn",
+}
 
 
 @pytest.fixture(scope="module")

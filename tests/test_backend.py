@@ -29,9 +29,11 @@ def run_py(code, env=None, drop=()):
 
 
 def test_import_d2lft_imports_no_framework():
+    """Nor the optional extras' packages (onnx, serve), nor does the command."""
     line = run_py("""
-        import sys, d2lft
-        print(sorted(m for m in ('torch', 'mxnet', 'torchvision', 'gluoncv') if m in sys.modules))
+        import sys, d2lft, d2lft.cli
+        print(sorted(m for m in ('torch', 'mxnet', 'torchvision', 'gluoncv', 'onnx',
+                                 'onnxruntime', 'starlette', 'uvicorn') if m in sys.modules))
     """)
     assert line == "[]"
 

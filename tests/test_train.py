@@ -22,7 +22,10 @@ LR = {"torch": 0.001, "mxnet": 0.02}  # summed vs averaged gradients: see d2lft.
 
 
 def test_scratch_learns_separable_data(backend, easy_data, capsys):
-    net = d2lft.build_scratch_net()
+    # seeded: unseeded, the initialisation came from whatever state earlier tests left
+    # in the framework's generator, and one such state (a full-suite run) gave a net
+    # whose eval-mode BatchNorm statistics lagged its weights (train acc 1.0, test 0.5)
+    net = d2lft.build_scratch_net(seed=0)
     h = d2lft.train_fine_tuning(
         net,
         LR[backend],

@@ -70,7 +70,7 @@ class Backend(Protocol):
     data-parallel job this process is a worker of, or None). Weights:
     `state_arrays`, `load_state_arrays`, `read_native_weights`, `logits`. Prediction:
     `predict_proba`, `predict_folder`, `head_arrays`, `set_head_rows`,
-    `imagenet_classes`.
+    `imagenet_classes`. Export: `export_onnx`.
     """
 
     def image_folder(self, path, transform=None, *, skip_bad=False) -> Any: ...
@@ -95,6 +95,7 @@ class Backend(Protocol):
     def head_arrays(self, layer) -> tuple: ...
     def set_head_rows(self, net, rows) -> None: ...
     def imagenet_classes(self) -> list: ...
+    def export_onnx(self, net, path, image_size=224) -> str: ...
 
 
 def contract() -> dict[str, list[str]]:

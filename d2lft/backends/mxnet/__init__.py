@@ -11,6 +11,7 @@ from ._compat import import_mxnet
 import_mxnet()  # before any module of this package imports mxnet: threads, numpy check
 
 from . import data as _data  # noqa: E402
+from . import export as _export  # noqa: E402
 from . import inference as _inference  # noqa: E402
 from . import models as _models  # noqa: E402
 from . import runners as _runners  # noqa: E402
@@ -37,6 +38,7 @@ num_outputs = entry(_models.num_outputs)
 evaluate_accuracy = entry(_runners.evaluate_accuracy)
 make_runner = runner_entry(_runners.make_runner)
 all_devices = entry(_runtime.all_devices)
+export_onnx = entry(_export.export_onnx)
 join_job = entry(_runtime.join_job)
 resolve_precision = entry(_runtime.resolve_precision)
 seed_everything = entry(_runtime.seed_everything)
@@ -53,6 +55,7 @@ __all__ = [
     "build_finetune_net",
     "build_scratch_net",
     "evaluate_accuracy",
+    "export_onnx",
     "head",
     "head_arrays",
     "image_folder",

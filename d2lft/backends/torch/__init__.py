@@ -11,6 +11,7 @@ if "mxnet" in sys.modules:  # MXNet's import left OpenMP at 1 thread: give torch
     _torch.set_num_threads(torch_default_threads())
 
 from .data import image_folder, make_loaders, test_augs, train_augs  # noqa: E402
+from .export import export_onnx  # noqa: E402
 from .inference import head_arrays, predict_folder, predict_proba, set_head_rows  # noqa: E402
 from .models import (
     ARCHS,
@@ -39,6 +40,7 @@ __all__ = [
     "build_finetune_net",
     "build_scratch_net",
     "evaluate_accuracy",
+    "export_onnx",
     "head",
     "head_arrays",
     "image_folder",
