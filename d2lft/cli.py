@@ -675,7 +675,9 @@ def _add_deploy_commands(sub):
     p = sub.add_parser("serve", help="a local web page that classifies your photos")
     _add_backend(p)
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint file, --out folder, or .onnx file"
+        "--checkpoint",
+        required=True,
+        help="checkpoint file, --out folder, or .onnx file (required)",
     )
     p.add_argument(
         "--host", default=web.DEFAULT_HOST, help="(default: 127.0.0.1, this machine only)"
@@ -699,7 +701,9 @@ def _add_deploy_commands(sub):
 
     p = sub.add_parser("export", help="the model as an ONNX file (predict without torch/MXNet)")
     _add_backend(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or --out folder")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint file or --out folder (required)"
+    )
     p.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
     p.add_argument(
         "--out",

@@ -31,7 +31,8 @@ def add_overwrite_flag(p, what: str = "the run") -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help=f"replace {what} already in --out (without it, d2lft refuses to write over it)",
+        help=f"replace {what} already in --out (without it, d2lft refuses to write over "
+        f"it) (default: off)",
     )
 
 

@@ -207,6 +207,8 @@ def _short_name(item, limit=24) -> str:
     if not isinstance(item, (str, os.PathLike)):
         return ""
     name = pathlib.PurePath(item).name
+    # a name that is not UTF-8 (surrogate escapes) is shown with U+FFFD where it is not
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return name if len(name) <= limit else name[: limit // 2 - 1] + "\u2026" + name[-limit // 2 :]
 
 

@@ -102,6 +102,7 @@ def run(tmp_path_factory):
             data_dir=root / "hotdog",
             image_size=32,
             seed=0,
+            pipeline="book",  # the loop these drawings were tuned with (fp32 everywhere)
             run=d2lft.RunSpec(verbose=False, checkpoint_dir=str(root / "runs" / "hotdog")),
         )
         ckpt = root / "runs" / "hotdog" / "checkpoint.safetensors"  # written by training

@@ -343,6 +343,10 @@ def fetch(
         raise
 
 
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
 def _fetch_locked(url, sha1, folder, fname, downloader, progressbar) -> pathlib.Path:
     """:func:`fetch`'s work, under its lock: reuse, or download into a staging folder
     of this process and rename into place."""
@@ -363,8 +367,11 @@ def _fetch_locked(url, sha1, folder, fname, downloader, progressbar) -> pathlib.
     try:
         staging.mkdir()
         log.info("Downloading data from '%s' to file '%s'.", url, str(target))
-        level = log.level
-        log.setLevel(max(level, logging.WARNING))  # pooch would name the staging folder
+        # pooch would name the staging folder: its INFO lines are dropped meanwhile (a
+        # filter, not setLevel: pooch's logger lives outside logging's manager, which
+        # then never clears its cached "INFO is enabled" after a first message)
+        quiet = _below_warning
+        log.addFilter(quiet)
         try:
             path = pooch.retrieve(
                 url,
@@ -375,7 +382,7 @@ def _fetch_locked(url, sha1, folder, fname, downloader, progressbar) -> pathlib.
                 progressbar=progressbar,
             )
         finally:
-            log.setLevel(level)
+            log.removeFilter(quiet)
         set_default_mode(path)  # pooch's temporary file was 0600: give it open()'s mode
         os.replace(path, target)
     except DownloadError:  # our own limits: the message says it all
