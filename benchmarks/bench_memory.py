@@ -103,7 +103,7 @@ def run_one(spec, env):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def plot(rows, path):
+def plot(rows, path, title=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,15 +112,21 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for (backend, pipeline), group in sorted(_groups(rows).items()):
         xs = [r["images"] for r in group]
-        style = {"fast": "-", "book": "--"}.get(pipeline, ":")
-        label = f"{backend} {pipeline}"
-        axes[0].plot(xs, [r["images_per_sec"] for r in group], style, marker="o", label=label)
-        axes[1].plot(xs, [r["peak_host_mb"] for r in group], style, marker="o", label=label)
+        kw = dict(
+            linestyle={"fast": "-", "book": "--"}.get(pipeline, ":"),
+            color={"torch": "tab:red", "mxnet": "tab:blue"}.get(backend),
+            marker={"fast": "o", "book": "s"}.get(pipeline, "^"),
+            label=f"{backend} {pipeline}",
+        )
+        axes[0].plot(xs, [r["images_per_sec"] for r in group], **kw)
+        axes[1].plot(xs, [r["peak_host_mb"] for r in group], **kw)
     for ax, what in zip(axes, ("training images/s", "peak host memory (MiB)"), strict=True):
         ax.set_xscale("log")
         ax.set(xlabel="images in the dataset", ylabel=what)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -213,9 +219,13 @@ def main(argv=None):
     print(text)
     write_result(args.out, "memory-scaling", args.tag, result, text)
     stamp = sorted(pathlib.Path(args.out).glob("*-memory-scaling*.json"))[-1]
-    plot(rows, stamp.with_suffix(".png"))
+    title = (
+        f"{args.image_size} px, batch {args.batch_size}; fast: decoded images beyond "
+        f"{args.memory_budget_mb} MiB kept on disk; fast-unbounded: all in memory"
+    )
+    plot(rows, stamp.with_suffix(".png"), title)
     if args.figure:
-        plot(rows, args.figure)
+        plot(rows, args.figure, title)
 
 
 if __name__ == "__main__":

@@ -195,9 +195,8 @@ def plan_run(
     precision = getattr(pipeline, "precision", "fp32")
     if precision == "bf16" and "bf16" not in entry.precisions:
         raise ValueError(
-            f"the {backend_name} backend trains in "
-            f"{' or '.join(entry.precisions)}: MXNet 1.9's bf16 AMP converts "
-            f"networks for inference only; use precision='auto' or 'fp32'"
+            f"the {backend_name} backend trains in {' or '.join(entry.precisions)} only "
+            f"(docs/speed.md says why); use precision='auto' or 'fp32'"
         )
     if getattr(pipeline, "compile", False) and not entry.compile:
         raise ValueError(

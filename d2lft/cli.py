@@ -45,7 +45,7 @@ from .data.images import BadImageError, load_rgb
 from .data.split import _class_root, _unzip, class_names, resolve_images
 from .deploy import serve as web
 from .deploy.onnx import export, is_onnx, load_onnx
-from .engine.dist import check_shards
+from .engine.dist import check_shards, dmlc_role, torchrun_world
 from .engine.loop import TrainingDiverged
 from .engine.options import MAX_RATE, MAX_RATE_TEXT, PIPELINES, RunSpec, TrainPlan, cli_fields
 from .exercises.head_init import init_head_from_source
@@ -349,6 +349,8 @@ def cmd_train(args):
     if args.mode == "scratch" and args.pretrained not in (None, "none"):
         raise ValueError("--pretrained is for 'finetune'; 'scratch' starts from random weights")
     cli_guard.check_run_out(args.out, resume=args.resume, overwrite=args.overwrite)
+    if args.nproc is None and args.nnodes == 1:
+        args.nproc = _ddp_gpus(args)
     if args.nproc is not None or args.nnodes > 1:
         return _launch(args)
     _use_backend(args.backend)
@@ -357,6 +359,28 @@ def cmd_train(args):
     if job.plan.rank == 0:
         _print_outputs(args.out)
     return 0 if h.completed else EXIT_INTERRUPTED
+
+
+def _ddp_gpus(args) -> int | None:
+    """The number of workers ``train`` starts by itself: one per GPU when the fast
+    pipeline (or 'auto') runs on several GPUs of this machine and the backend runs
+    those as processes (torch's DistributedDataParallel, instead of the book's
+    DataParallel); None (one process) otherwise, and inside a job."""
+    if args.pipeline not in ("auto", "fast") or torchrun_world() or dmlc_role():
+        return None
+    backend = _use_backend(args.backend)
+    if _registry.spec(backend).fast_multi_gpu != "processes":
+        return None
+    devices = _registry.current().all_devices()
+    gpus = [d for d in devices if "cpu" not in str(d)]
+    if len(gpus) < 2:
+        return None
+    print(
+        f"{len(gpus)} GPUs: one worker per GPU (--nproc {len(gpus)}); "
+        f"--pipeline book keeps the book's single process",
+        flush=True,
+    )
+    return len(gpus)
 
 
 def _launch(args):

@@ -163,6 +163,29 @@ MUTANTS = {
         [("d2lft/api.py", "        backend.seed_framework(seed)", "        pass")],
         ["tests/test_train.py", "-k", "seed_repeats"],
     ),
+    # issue 16: the default pipeline's choice and the fast pipeline's memory bound
+    "memory-budget-ignored": (
+        "the fast pipeline keeps its decoded images in memory whatever the budget",
+        [
+            (
+                "d2lft/data/decode_cache.py",
+                "        return self.total > self.budget",
+                "        return False",
+            )
+        ],
+        ["tests/test_memory_bound.py", "-k", "auto_keeps"],
+    ),
+    "disk-store-shifted": (
+        "decoded images kept on disk are read one pixel off",
+        [
+            (
+                "d2lft/data/decode_cache.py",
+                "        return self._read(int(self.offsets[k]), h * w * 3).reshape(h, w, 3)",
+                "        return self._read(int(self.offsets[k]) + 3, h * w * 3).reshape(h, w, 3)",
+            )
+        ],
+        ["tests/test_memory_bound.py", "-k", "disk_store_holds or training_from_disk"],
+    ),
     "torch-ddp-unscaled-loss": (
         "torch DDP: the summed loss not multiplied by the world size (DDP averages)",
         [
@@ -184,6 +207,33 @@ MUTANTS = {
             )
         ],
         ["tests/test_distributed.py", "-k", "equal and mxnet"],
+    ),
+    "mxnet-dist-own-running-stats": (
+        "MXNet dist_sync: each worker evaluates with its own BatchNorm running statistics",
+        [
+            (
+                "d2lft/backends/mxnet/runners.py",
+                "        self.plan.job.broadcast_arrays(aux)",
+                "        pass",
+            )
+        ],
+        ["tests/test_distributed.py", "-k", "saves and mxnet"],
+    ),
+    "torch-ddp-own-buffers": (
+        "torch DDP: rank 0's buffers (BatchNorm running statistics) not broadcast",
+        [
+            (
+                "d2lft/backends/torch/runners.py",
+                "DistributedDataParallel(module, device_ids=ids)",
+                "DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)",
+            )
+        ],
+        ["tests/test_distributed.py", "-k", "saves and torch or equal and torch"],
+    ),
+    "fast-multi-gpu-one-process": (
+        "d2lft train: the fast pipeline on several GPUs stays one process (no DDP)",
+        [("d2lft/cli.py", "    return len(gpus)\n", "    return None\n")],
+        ["tests/test_distributed.py", "-k", "one_worker_per_gpu"],
     ),
     "shards-all-the-same": (
         "distributed: every worker reads rank 0's shard of each batch",

@@ -146,6 +146,71 @@ def test_workers_run_the_command_without_the_launch_flags():
     assert worker_argv(argv) == ["train", "--epochs", "1", "--out", "x"]
 
 
+def test_train_starts_one_worker_per_gpu_for_the_fast_pipeline(tmp_path, monkeypatch, capsys):
+    """On several GPUs `d2lft train` with the fast pipeline ('auto' or 'fast') starts
+    one DDP worker per GPU (torch); the book's loop stays one process (DataParallel),
+    and so does MXNet (kvstore='device' over the GPUs of one process)."""
+    from d2lft import cli
+    from d2lft.backends import _registry
+
+    launched = []
+
+    class Stop(Exception):
+        pass
+
+    def one_process(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(cli, "_launch", lambda args: launched.append(args.nproc) or 0)
+    monkeypatch.setattr(cli, "_prepare", one_process)
+    for var in ("RANK", "WORLD_SIZE", "DMLC_ROLE"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    with d2lft.using("torch"):
+        backend = _registry.current()
+        for gpus, pipeline, want in ((3, "auto", 3), (2, "fast", 2), (1, "auto", None)):
+            fake = [f"cuda:{i}" for i in range(gpus)]
+            monkeypatch.setattr(backend, "all_devices", lambda fake=fake: fake)
+            launched.clear()
+            try:
+                cli.cmd_train(cli.build_parser().parse_args([*argv, "--pipeline", pipeline]))
+            except Stop:
+                launched.append(None)
+            assert launched == [want], (gpus, pipeline)
+        assert "3 GPUs: one worker per GPU (--nproc 3)" in capsys.readouterr().out
+        with pytest.raises(Stop):  # the book's loop: one process
+            cli.cmd_train(cli.build_parser().parse_args([*argv, "--pipeline", "book"]))
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        with pytest.raises(Stop):  # a worker of the job does not start another
+            cli.cmd_train(cli.build_parser().parse_args(argv))
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    with d2lft.using("mxnet"):
+        backend = _registry.current()
+        monkeypatch.setattr(backend, "all_devices", lambda: ["gpu(0)", "gpu(1)"])
+        with pytest.raises(Stop):
+            cli.cmd_train(cli.build_parser().parse_args([*argv, "--backend", "mxnet"]))
+
+
+def test_mxnet_sums_over_the_devices_of_one_process_with_kvstore_device(data):
+    import mxnet as mx
+
+    with d2lft.using("mxnet"):
+        from d2lft.backends import _registry
+
+        net = d2lft.build_finetune_net(pretrained=False, seed=SEED)
+        plan = d2lft.plan_run(
+            net, data_dir=data, image_size=SIZE, pipeline="fast", devices=[mx.cpu(0), mx.cpu(1)]
+        )
+        runner = _registry.current().make_runner(net, plan)
+        try:
+            assert runner.inner.trainer._kvstore_params["kvstore"] == "device"
+            assert runner.devices == [mx.cpu(0), mx.cpu(1)]
+        finally:
+            runner.close()
+
+
 # ---------------------------------------------------------------- equal updates
 
 
@@ -220,6 +285,60 @@ def reference(backend, data, world, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(out) as z:
         return dict(z)
+
+
+@pytest.fixture(scope="module")
+def close_data(tmp_path_factory):
+    """The training images of `data`'s kind, and 60 + 60 test images whose colours are
+    close (105 and 135): a barely trained net puts them near its decision boundary,
+    where small differences in BatchNorm's running statistics change predictions."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("dist-close") / "d"
+    rng = np.random.default_rng(6)
+    for split, n in (("train", 23), ("test", 60)):
+        for c, base in (("hotdog", 60), ("not-hotdog", 180)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                b = base if split == "train" else 120 + (base - 120) // 4
+                arr = np.clip(b + rng.normal(0, 60, (36, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _correct_of_saved_net(backend, data, out):
+    """(correct, total) of the net a job saved (rank 0's), on the held-out split's
+    deterministic batches, in this one process."""
+    from d2lft.data.fixed import fixed_loaders
+
+    with d2lft.using(backend):
+        net = d2lft.load_checkpoint(out)
+        if backend == "torch":
+            import torch
+
+            _, test = fixed_loaders(data, B, SIZE, SEED, convert=torch.from_numpy)
+            net.eval()
+            with torch.no_grad():
+                pairs = [(net(X).argmax(1), y) for X, y in test]
+            return sum(int((p == y).sum()) for p, y in pairs), sum(len(y) for _, y in pairs)
+        from d2lft.backends.mxnet.runners import evaluate_counts
+        from d2lft.backends.mxnet.runtime import to_nd
+
+        _, test = fixed_loaders(data, B, SIZE, SEED, convert=to_nd)
+        return evaluate_counts(net, test)
+
+
+@pytest.mark.parametrize("backend", ["torch", "mxnet"])
+def test_the_jobs_test_accuracy_is_that_of_the_net_it_saves(backend, close_data, tmp_path):
+    """Every worker evaluates with rank 0's BatchNorm running statistics (DDP broadcasts
+    them; MXNet's workers take them from the servers), so the accuracy the job reports
+    is that of the net rank 0 saves, not a mixture of the workers' own statistics."""
+    out = tmp_path / "job"
+    proc = cli(_train_args(backend, close_data, out, "--pipeline", "fixed", "--nproc", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    acc = json.loads((out / "metrics.json").read_text())["test_acc"][-1]
+    correct, total = _correct_of_saved_net(backend, close_data, out)
+    assert total == 120 and acc == correct / total, (acc, correct)
 
 
 @pytest.mark.parametrize("backend", ["torch", "mxnet"])

@@ -34,7 +34,10 @@ class BackendSpec:
     (``FastPipeline(compile=True)``); `native_weights`: the weights file format its
     framework writes (read by :func:`d2lft.read_params` with this backend);
     `launcher`: how ``d2lft train --nproc N`` starts its data-parallel job
-    ('torchrun' or 'ps-lite', see :mod:`d2lft.launch`).
+    ('torchrun' or 'ps-lite', see :mod:`d2lft.launch`); `fast_multi_gpu`: how the
+    fast pipeline uses several GPUs of one machine: 'processes' (``d2lft train``
+    starts one worker per GPU, e.g. torch's DistributedDataParallel) or 'in-process'
+    (one process over all of them, e.g. MXNet's ``kvstore='device'``).
     """
 
     name: str
@@ -51,6 +54,7 @@ class BackendSpec:
     compile: bool = False
     native_weights: str = ""
     launcher: str = ""
+    fast_multi_gpu: str = "in-process"
 
     def book_lr(self, mode: str) -> float:
         """The book's learning rate for `mode` ('finetune' or 'scratch')."""

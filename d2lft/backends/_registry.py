@@ -60,6 +60,7 @@ register(
         compile=False,
         native_weights="gluon.params",
         launcher="ps-lite",
+        fast_multi_gpu="in-process",
     )
 )
 register(
@@ -78,6 +79,7 @@ register(
         compile=True,
         native_weights="torch.state_dict",
         launcher="torchrun",
+        fast_multi_gpu="processes",
     )
 )
 

@@ -85,8 +85,13 @@ class _MXRunner(Runner):
         self._exit = contextlib.ExitStack()
         self._exit.enter_context(head_multiplier(params, plan.param_group))
         # a distributed job sums the workers' gradients on the parameter servers and
-        # every worker applies the same update itself (the servers keep no optimizer)
-        kv = {"kvstore": plan.job.kv, "update_on_kvstore": False} if plan.job else {}
+        # every worker applies the same update itself (the servers keep no optimizer);
+        # one process over several devices sums them with kvstore='device' (the book's)
+        kv = (
+            {"kvstore": plan.job.kv, "update_on_kvstore": False}
+            if plan.job
+            else {"kvstore": "device"}
+        )
         self.trainer = gluon.Trainer(
             trained, "sgd", {"learning_rate": self.lr, "wd": plan.run.weight_decay}, **kv
         )
@@ -106,6 +111,20 @@ class _MXRunner(Runner):
             part.backward()
         self.trainer.step(y.shape[0] if n is None else n)
         return ls, preds, ys
+
+    def share_running_stats(self):
+        """In a distributed job, every worker takes rank 0's BatchNorm running
+        statistics before evaluating (each worker's own follow its shards), so the
+        job's test accuracy is that of the net rank 0 saves (as DDP's buffer broadcast
+        does for torch)."""
+        if self.world == 1:
+            return
+        aux = [
+            p.data(self.devices[0])
+            for name, p in sorted(self.net.collect_params().items())
+            if name.endswith(("running_mean", "running_var"))
+        ]
+        self.plan.job.broadcast_arrays(aux)
 
     def global_size(self, step) -> int | None:
         """The global batch size of step `step` of an epoch in a distributed run."""
@@ -155,6 +174,7 @@ class BookRunner(_MXRunner):
             yield Step(y.shape[0], batch_loss, correct, time.perf_counter() - t0)
 
     def evaluate(self):
+        self.share_running_stats()
         return evaluate_counts(self.net, self.test_iter, self.devices)
 
 
@@ -220,6 +240,7 @@ class FastRunner(_FastBase):
         yield from self.steps(self.net, self.data.train_batches())
 
     def evaluate(self):
+        self.share_running_stats()
         return evaluate_fast(self.net, self.data, self.devices)
 
 

@@ -1,6 +1,6 @@
 """The MXNet backend's runtime: devices, seeding, precision (fp32: MXNet 1.9's bf16 AMP
-converts networks for inference only), splitting batches over devices, and freezing
-the backbone (exercise 3)."""
+patches every operator of the process, see :func:`resolve_precision`), splitting batches
+over devices, and freezing the backbone (exercise 3)."""
 
 from __future__ import annotations
 
@@ -38,14 +38,20 @@ def seed_everything(seed) -> None:
 
 
 def resolve_precision(precision, device) -> str:
-    """Always 'fp32' ('auto' included): MXNet 1.9's bf16 AMP converts networks for
-    inference only; 'bf16' raises."""
+    """Always 'fp32' ('auto' included); 'bf16' raises. MXNet 1.9 can train in bf16 on a
+    CPU through AMP (``amp.init(target_dtype='bfloat16')`` + ``amp.init_trainer``:
+    1.16x the fp32 training step on an AVX512-BF16 CPU, ``benchmarks/mxnet_bf16.py``),
+    but ``amp.init`` rewrites MXNet's operator functions for the whole process, with no
+    scope and no undo: every later MXNet computation in it, fp32 runs and parity checks
+    included, would run in bf16. d2lft keeps MXNet in fp32 (docs/speed.md says what bf16
+    would need)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16":
         raise ValueError(
-            "the mxnet backend trains in fp32: MXNet 1.9's bf16 AMP converts "
-            "networks for inference only; use precision='auto' or 'fp32'"
+            "the mxnet backend trains in fp32: MXNet 1.9's bf16 AMP (amp.init) switches "
+            "every MXNet operator of the process to bf16 for good, so d2lft does not "
+            "turn it on; use precision='auto' or 'fp32' (docs/speed.md, 'MXNet and bf16')"
         )
     return "fp32"
 
@@ -107,8 +113,24 @@ _KV = {}
 _METRICS_KEY = 1_000_003  # a kvstore key of its own, beyond the parameters' indices
 
 
+_AUX_KEY = 2_000_003  # the running statistics' keys: _AUX_KEY + their index
+
+
 class PSJob(Job):
     """A worker of an MXNet parameter-server job (``kvstore='dist_sync'``)."""
+
+    def broadcast_arrays(self, arrays):
+        """Rank 0's values of `arrays` (NDArrays, the same shapes on every worker)
+        copied into them on every worker: each pushes its own (rank 0) or zeros, the
+        servers sum, each pulls the sum."""
+        kv = self.kv
+        for i, arr in enumerate(arrays):
+            key = _AUX_KEY + i
+            if key not in self._keys:
+                kv.init(key, mx.nd.zeros(arr.shape, dtype=arr.dtype))
+                self._keys.add(key)
+            kv.push(key, arr if self.rank == 0 else mx.nd.zeros_like(arr))
+            kv.pull(key, out=arr)
 
     def all_reduce_sum(self, values):
         kv = self.kv
