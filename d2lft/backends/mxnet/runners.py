@@ -95,7 +95,23 @@ class _MXRunner(Runner):
         self.trainer = gluon.Trainer(
             trained, "sgd", {"learning_rate": self.lr, "wd": plan.run.weight_decay}, **kv
         )
+        if plan.job:
+            self._start_kvstore()
         self.facts = {"precision_used": "fp32"}
+
+    def _start_kvstore(self):
+        """Set up a distributed job's kvstore now and wait until every parameter holds
+        rank 0's values. Gluon's Trainer would do it inside its first ``step``: rank 0
+        pushes each parameter and every worker pulls it back (``kvstore.broadcast``),
+        but nothing orders those pulls before the gradient pushes that follow on the
+        same keys, and a ``dist_sync`` server answers a pull with what it holds at that
+        moment: once every worker has pushed a key's gradient, the *summed gradient*.
+        A pull served late (timing-dependent; seen with ResNet-18) silently replaced a
+        worker's weights by that sum, and the workers then trained apart."""
+        trainer = self.trainer
+        trainer._init_kvstore()
+        trainer._init_params()  # (d2lft's nets have no deferred parameters left)
+        mx.nd.waitall()  # the pulls have landed: no gradient push can overtake them
 
     def parts_step(self, module, X, y, inputs=None, n=None):
         """One step over the device parts of (X, y): record `module` on `inputs`
