@@ -240,6 +240,17 @@ MUTANTS = {
         [("d2lft/data/shards.py", "    start = rank * step", "    start = 0 * step")],
         ["tests/test_distributed.py", "-k", "shards_split or equal"],
     ),
+    "book-dist-same-crops": (
+        "distributed book pipeline: every rank crops and flips its shard as the others do",
+        [
+            (
+                "d2lft/backends/mxnet/data.py",
+                "        seed = rank_seed(np.random.randint(2**31 - 1), self.rank)",
+                "        seed = rank_seed(np.random.randint(2**31 - 1), 0)",
+            )
+        ],
+        ["tests/test_distributed.py", "-k", "own_crops"],
+    ),
     # issue 18: export and serve
     "onnx-mxnet-fixed-gamma-kept": (
         "MXNet's ONNX export keeps a fix_gamma BatchNorm's stored gamma (MXNet uses 1)",

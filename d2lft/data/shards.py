@@ -7,6 +7,8 @@ workers, the first ``W - 1`` get ``b // W`` each and the last the rest. See
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def shard_bounds(size: int, world: int, rank: int) -> tuple[int, int]:
     """``(start, stop)`` of rank `rank`'s part of a batch of `size` examples split over
@@ -31,3 +33,10 @@ def sharded_batches(order, batch_size: int, world: int, rank: int):
     example indices, the same on every worker), as lists."""
     for start in range(0, len(order), batch_size):
         yield list(shard(order[start : start + batch_size], world, rank))
+
+
+def rank_seed(base: int, rank: int) -> int:
+    """A seed for rank `rank`'s own random transforms, from `base` (drawn alike on every
+    worker from the epoch's shared stream): independent streams per rank, repeatable
+    for a given run seed and epoch."""
+    return int(np.random.SeedSequence([int(base), int(rank)]).generate_state(1)[0])

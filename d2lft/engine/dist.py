@@ -3,7 +3,9 @@ to, how every epoch's batches are sharded, and the environment of the two launch
 
 A backend joins a job with its framework's own engine (torch.distributed with gloo or
 nccl; MXNet's parameter server, ``kvstore='dist_sync'``) and returns a :class:`Job`.
-Every rank draws the same epoch permutation and the same crops (from the run's seed),
+Every rank draws the same epoch permutation (from the run's seed) and, in the fast
+pipeline, the same crops for the whole global batch (the book pipeline's per-image
+transforms draw from a stream of each rank's own: `d2lft.data.shards.rank_seed`),
 then keeps its shard of each global batch, so that one global step sees the same
 examples whatever the number of workers (a run resumed with another world size goes on
 with the same batches). Shards follow MXNet's ``split_and_load``: the first ``W - 1``

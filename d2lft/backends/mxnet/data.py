@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import mxnet as mx
 import numpy as np
@@ -11,8 +12,8 @@ from mxnet.gluon.data.vision import transforms
 
 from ...data.folders import held_out, list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
+from ...data.shards import rank_seed, sharded_batches
 from ...data.shards import shard as shard_of
-from ...data.shards import sharded_batches
 from ._npmode import array_fn
 
 
@@ -112,13 +113,20 @@ class _Subset(gluon.data.Dataset):
 class ShardedBatches:
     """A distributed worker's batches: each epoch a permutation from numpy's global
     generator (seeded alike on every worker), split into global batches, of which this
-    rank keeps its shard (`d2lft.engine.dist.shard`)."""
+    rank keeps its shard (`d2lft.engine.dist.shard`). The random transforms then draw
+    from streams of this rank's own (Python's, numpy's and MXNet's, seeded from the
+    shared stream and the rank): otherwise every rank would apply the same sequence of
+    crops and flips to its shard."""
 
     def __init__(self, n, batch_size, world, rank):
         self.n, self.batch_size, self.world, self.rank = n, batch_size, world, rank
 
     def __iter__(self):
         order = np.random.permutation(self.n).tolist()
+        seed = rank_seed(np.random.randint(2**31 - 1), self.rank)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        mx.random.seed(seed)
         yield from sharded_batches(order, self.batch_size, self.world, self.rank)
 
     def __len__(self):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 
+import numpy as np
 import torch
 import torchvision
 from torchvision import transforms
 
 from ...data.folders import held_out, list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
+from ...data.shards import rank_seed, sharded_batches
 from ...data.shards import shard as shard_of
-from ...data.shards import sharded_batches
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
@@ -86,10 +89,25 @@ def default_num_workers() -> int:
     return 0 if n <= 2 else min(8, n - 1)
 
 
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rank_worker_init(rank: int, worker_id: int) -> None:
+    """A loader process of rank `rank`: its transforms' own stream (torch seeds worker
+    `worker_id` from a base seed that is the same on every rank)."""
+    _seed_all(rank_seed(torch.initial_seed() % 2**63, rank))
+
+
 class ShardedBatchSampler(torch.utils.data.Sampler):
     """A distributed worker's batches: each epoch the permutation RandomSampler would
     draw from `generator` (the same on every worker), split into global batches, of
-    which this rank keeps its shard (`d2lft.engine.dist.shard`)."""
+    which this rank keeps its shard (`d2lft.engine.dist.shard`). The random transforms
+    then draw from a stream of this rank's own (seeded from `generator` and the rank):
+    otherwise every rank would apply the same sequence of crops and flips to its
+    shard."""
 
     def __init__(self, n, batch_size, world, rank, generator):
         self.n, self.batch_size, self.world, self.rank = n, batch_size, world, rank
@@ -97,6 +115,8 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator).tolist()
+        base = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+        _seed_all(rank_seed(base, self.rank))  # the crops of a loader without processes
         yield from sharded_batches(order, self.batch_size, self.world, self.rank)
 
     def __len__(self):
@@ -135,7 +155,12 @@ def make_loaders(
     world, rank = shard
     if world > 1:
         sampler = ShardedBatchSampler(len(train), batch_size, world, rank, generator)
-        train_iter = torch.utils.data.DataLoader(train, batch_sampler=sampler, **kw)
+        train_iter = torch.utils.data.DataLoader(
+            train,
+            batch_sampler=sampler,
+            worker_init_fn=functools.partial(_rank_worker_init, rank),
+            **kw,
+        )
         train_iter.generator = generator  # reseeded per epoch, as a plain loader's
         mine = list(shard_of(range(len(test)), world, rank))
         test_iter = torch.utils.data.DataLoader(
