@@ -66,15 +66,28 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(REPO), D2LFT_PROGRESS="0", OMP_NUM_THREADS="1")
 
 
-def cli(args, timeout=300, **kw):
-    return subprocess.run(
-        [sys.executable, "-m", "d2lft", *args],
-        capture_output=True,
+def run_group(argv, timeout=300, env=None):
+    """Run `argv` in a session of its own; past `timeout`, kill the whole session (the
+    launcher's workers, scheduler and servers too, not only the launcher) and fail."""
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
-        timeout=timeout,
-        **kw,
+        env=env or _env(),
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{argv[2:5]} ran past {timeout} s; its processes were killed:\n{err[-2000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def cli(args, timeout=300):
+    return run_group([sys.executable, "-m", "d2lft", *args], timeout)
 
 
 def _train_args(backend, data, out, *extra):
@@ -431,13 +444,10 @@ def test_mxnet_workers_start_from_rank_0s_weights_whatever_the_pull_order(data, 
     (hook / "sitecustomize.py").write_text(LATE_BROADCAST_PULLS)
     out = tmp_path / "job"
     env = dict(_env(), PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]))
-    proc = subprocess.run(
+    proc = run_group(
         [sys.executable, "-m", "d2lft"]
         + _train_args("mxnet", data, out, "--pipeline", "fixed", "--nproc", "2"),
-        capture_output=True,
-        text=True,
         env=env,
-        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     job = d2lft.read_checkpoint(out).arrays
