@@ -7,9 +7,11 @@ one process of C threads, the same global batch, each backend on its own engine.
 Every variant is one ``d2lft train`` command in a fresh process (``--nproc N`` for the
 job), timed from start to exit; images/s = (training + test images) x epochs over
 that wall clock, and the book's own examples/sec (training steps only) from
-metrics.json. The two variants alternate (``--reps``) so that machine noise falls on
-both. Results go to benchmarks/results/ (JSON and a Markdown table) with the
-command, machine, versions and git commit.
+metrics.json. The variants alternate (``--reps``) so that machine noise falls on all.
+For MXNet a third variant trains one process over N CPU devices (the book's
+``split_and_load``, BatchNorm per device): the job's computation without the
+parameter server, for comparing its accuracy. Results go to benchmarks/results/ (JSON
+and a Markdown table) with the command, machine, versions and git commit.
 """
 
 from __future__ import annotations
@@ -28,8 +30,46 @@ sys.path.insert(0, str(HERE))
 
 from bench_train import git_commit, machine_info, versions, write_result  # noqa: E402
 
+# one MXNet process over N CPU devices (the book's split_and_load, BatchNorm per device):
+# what a job of N workers computes, without the parameter server
+_DEVICES = """
+import json, pathlib, sys
+import d2lft
+import mxnet as mx
+a = json.loads(sys.argv[1])
+d2lft.use("mxnet")
+net = d2lft.build_finetune_net(pretrained=a["weights"] or False, arch=a["arch"], seed=a["seed"])
+h = d2lft.train_fine_tuning(
+    net, 0.01, batch_size=a["batch_size"], num_epochs=a["epochs"], data_dir=a["folder"],
+    image_size=a["image_size"], devices=[mx.cpu(i) for i in range(a["devices"])],
+    seed=a["seed"], pipeline=a["pipeline"],
+)
+pathlib.Path(a["out"]).mkdir(parents=True, exist_ok=True)
+h.to_json(pathlib.Path(a["out"]) / "metrics.json")
+"""
+
 
 def run(variant, args, folder, out):
+    if variant.get("devices"):
+        spec = dict(
+            weights=args.weights,
+            arch=args.arch,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            folder=str(folder),
+            image_size=args.image_size,
+            devices=variant["devices"],
+            pipeline=args.pipeline,
+            out=str(out),
+        )
+        cmd = [sys.executable, "-c", _DEVICES, json.dumps(spec)]
+        return _timed(
+            variant,
+            cmd,
+            dict(__import__("os").environ, D2LFT_PROGRESS="0", OMP_NUM_THREADS=str(args.cores)),
+            out,
+        )
     cmd = [
         sys.executable,
         "-m",
@@ -62,6 +102,10 @@ def run(variant, args, folder, out):
         env.pop("OMP_NUM_THREADS", None)  # the launcher gives each worker cores // N
     else:
         env["OMP_NUM_THREADS"] = str(args.cores)
+    return _timed(variant, cmd, env, out)
+
+
+def _timed(variant, cmd, env, out):
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -76,6 +120,7 @@ def run(variant, args, folder, out):
         "test_acc": h["test_acc"],
         "train_loss": h["train_loss"],
         "world_size": h["config"]["world_size"],
+        "devices": h.get("devices"),
         "stdout": proc.stdout.splitlines()[-4:],
     }
 
@@ -112,6 +157,10 @@ def main(argv=None):
             "nproc": args.nproc,
         },
     ]
+    if args.backend == "mxnet":  # the job's computation in one process, for its accuracy
+        variants.append(
+            {"name": f"1 process x {args.nproc} devices", "nproc": 1, "devices": args.nproc}
+        )
     rows = {v["name"]: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.reps):

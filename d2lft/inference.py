@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from . import plot
 from .backends import _registry
 from .data.folders import (
     EXPECTED_LAYOUT,
@@ -36,6 +35,7 @@ from .deploy.onnx import OnnxModel, is_onnx, load_onnx
 from .engine import budget
 from .engine.options import check_args
 from .netinfo import has_info, net_info
+from .plot import plot_confusion, plot_predictions
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -387,7 +387,7 @@ class Evaluation:
         """A grid of `n` images, worst mistakes first, titled with the predicted class,
         its probability and the true class; saves a PNG when `path` is given."""
         idx = self.order_worst_first()[:n]
-        return plot.plot_predictions(
+        return plot_predictions(
             [self.paths[i] for i in idx],
             [self.classes[self.pred[i]] for i in idx],
             [float(self.probs[i, self.pred[i]]) for i in idx],
@@ -398,7 +398,7 @@ class Evaluation:
 
     def plot_confusion(self, path=None):
         """The confusion matrix as a picture; saves a PNG when `path` is given."""
-        return plot.plot_confusion(self.confusion, self.classes, path=path)
+        return plot_confusion(self.confusion, self.classes, path=path)
 
 
 def evaluate(

@@ -245,8 +245,8 @@ MUTANTS = {
         [
             (
                 "d2lft/backends/mxnet/data.py",
-                "        seed = rank_seed(np.random.randint(2**31 - 1), self.rank)",
-                "        seed = rank_seed(np.random.randint(2**31 - 1), 0)",
+                "        seed_everything(rank_seed(np.random.randint(2**31 - 1), self.rank))",
+                "        seed_everything(rank_seed(np.random.randint(2**31 - 1), 0))",
             )
         ],
         ["tests/test_distributed.py", "-k", "own_crops"],

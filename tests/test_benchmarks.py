@@ -190,3 +190,32 @@ def test_mxnet_bf16_tiny(tmp_path):
     assert [r["precision"] for r in rec["rows"]] == ["fp32", "bf16"]
     assert rec["rows"][1]["output_dtype"] != rec["rows"][0]["output_dtype"]  # AMP took hold
     assert all(r["finite_grads"] and r["images_per_sec"] > 0 for r in rec["rows"])
+
+
+@pytest.mark.slow
+def test_bench_dist_tiny_mxnet_adds_one_process_over_the_devices(tmp_path, toy_data):
+    import bench_dist
+
+    bench_dist.main(
+        [
+            "--backend",
+            "mxnet",
+            "--data-dir",
+            str(toy_data),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    rec = _one(tmp_path, "*-dist-mxnet-cpu*.json")
+    names = [t["variant"] for t in rec["table"]]
+    assert names[2] == "1 process x 2 devices", names
+    (devices,) = rec["runs"][names[2]]
+    assert devices["world_size"] == 1 and devices["devices"] == ["cpu(0)", "cpu(1)"]
+    assert 0 <= devices["test_acc"][-1] <= 1
+    assert all(r["world_size"] == 2 for r in rec["runs"][names[1]])

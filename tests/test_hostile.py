@@ -885,7 +885,7 @@ def test_sweep_keeps_finished_runs_when_a_later_one_fails(
     tiny, tmp_path, monkeypatch, capsys, one_torch_thread
 ):
     monkeypatch.setenv("D2LFT_HOME", str(tmp_path / "home"))
-    real = d2lft.api.train_fine_tuning
+    real = d2lft.exercises.sweep.train_fine_tuning
     calls = []
 
     def second_fails(*a, **k):
@@ -894,7 +894,7 @@ def test_sweep_keeps_finished_runs_when_a_later_one_fails(
             raise RuntimeError("out of memory (simulated)")
         return real(*a, **k)
 
-    monkeypatch.setattr(d2lft.api, "train_fine_tuning", second_fails)
+    monkeypatch.setattr(d2lft.exercises.sweep, "train_fine_tuning", second_fails)
     out = tmp_path / "sw"
     argv = ["sweep", *TRAIN[2:], "--data-dir", str(tiny), "--modes", "scratch", "--out", str(out)]
     with pytest.warns(UserWarning, match="failed"):

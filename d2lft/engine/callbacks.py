@@ -32,8 +32,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .. import plot
 from .._sys import heap
+from ..plot import close, plot_history
 from .history import History
 
 EVENTS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
@@ -227,12 +227,12 @@ class LiveCurve(Callback):
             from IPython.display import display
         except ImportError:  # pragma: no cover - IPython missing
             return
-        fig = plot.plot_history(state.history)
+        fig = plot_history(state.history)
         if self._handle is None:
             self._handle = display(fig, display_id=True)
         else:
             self._handle.update(fig)
-        plot.close(fig)
+        close(fig)
 
 
 class HeapRetention(Callback):

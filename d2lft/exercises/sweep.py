@@ -17,14 +17,15 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from .. import api, plot
 from .._sys.atomic import atomic_write_text
+from ..api import build_finetune_net, build_scratch_net, train_fine_tuning
 from ..backends import _registry
 from ..data import hub
 from ..data.folders import check_image_folder
 from ..data.split import resolve_images
 from ..engine.loop import TrainingDiverged
 from ..engine.options import Pipeline, RunSpec, check_args
+from ..plot import plot_lr_sweep
 
 MODES = ("finetune", "scratch")
 COLUMNS = (
@@ -84,7 +85,7 @@ class SweepResult(list):
 
     def plot(self, path=None, metric="test_acc"):
         """Accuracy against learning rate (log scale), one line per mode."""
-        return plot.plot_lr_sweep(list(self), path=path, metric=metric)
+        return plot_lr_sweep(list(self), path=path, metric=metric)
 
     def to_json(self, path=None):
         text = json.dumps(
@@ -171,12 +172,12 @@ def lr_sweep(
     result = SweepResult()
     for mode, lr in plan:
         if mode == "finetune":  # each run starts from the same seeded initialisation
-            net = api.build_finetune_net(num_classes, pretrained, arch, seed=run.seed)
+            net = build_finetune_net(num_classes, pretrained, arch, seed=run.seed)
         else:
-            net = api.build_scratch_net(num_classes, arch, seed=run.seed)
+            net = build_scratch_net(num_classes, arch, seed=run.seed)
         t0 = time.perf_counter()
         try:
-            h = api.train_fine_tuning(
+            h = train_fine_tuning(
                 net,
                 lr,
                 batch_size,
@@ -194,27 +195,19 @@ def lr_sweep(
                 epochs=h.epochs,
                 diverged=False,
             )
-        except TrainingDiverged as err:
+        except Exception as err:  # diverged or failed: keep the finished rows, go on
             h = None
+            diverged = isinstance(err, TrainingDiverged)
             row = dict(
                 train_loss=None,
                 train_acc=None,
                 test_acc=None,
                 epochs=0,
-                diverged=True,
-                error=str(err),
+                diverged=diverged,
+                error=str(err) if diverged else f"{type(err).__name__}: {err}",
             )
-        except Exception as err:  # any other failure: keep the finished rows, go on
-            h = None
-            row = dict(
-                train_loss=None,
-                train_acc=None,
-                test_acc=None,
-                epochs=0,
-                diverged=False,
-                error=f"{type(err).__name__}: {err}",
-            )
-            warnings.warn(f"the {mode} run at lr {lr:g} failed ({row['error']})", stacklevel=2)
+            if not diverged:
+                warnings.warn(f"the {mode} run at lr {lr:g} failed ({row['error']})", stacklevel=2)
         row.update(
             backend=backend,
             mode=mode,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 
 import mxnet as mx
 import numpy as np
@@ -15,6 +14,7 @@ from ...data.images import MEAN, STD, load_rgb, test_resize
 from ...data.shards import rank_seed, sharded_batches
 from ...data.shards import shard as shard_of
 from ._npmode import array_fn
+from .runtime import seed_everything
 
 
 class ImageFolderDataset(gluon.data.vision.ImageFolderDataset):
@@ -123,10 +123,7 @@ class ShardedBatches:
 
     def __iter__(self):
         order = np.random.permutation(self.n).tolist()
-        seed = rank_seed(np.random.randint(2**31 - 1), self.rank)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        mx.random.seed(seed)
+        seed_everything(rank_seed(np.random.randint(2**31 - 1), self.rank))
         yield from sharded_batches(order, self.batch_size, self.world, self.rank)
 
     def __len__(self):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 
-import numpy as np
 import torch
 import torchvision
 from torchvision import transforms
@@ -15,6 +13,7 @@ from ...data.folders import held_out, list_images
 from ...data.images import MEAN, STD, load_rgb, test_resize
 from ...data.shards import rank_seed, sharded_batches
 from ...data.shards import shard as shard_of
+from .runtime import seed_everything
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
@@ -89,16 +88,10 @@ def default_num_workers() -> int:
     return 0 if n <= 2 else min(8, n - 1)
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _rank_worker_init(rank: int, worker_id: int) -> None:
     """A loader process of rank `rank`: its transforms' own stream (torch seeds worker
     `worker_id` from a base seed that is the same on every rank)."""
-    _seed_all(rank_seed(torch.initial_seed() % 2**63, rank))
+    seed_everything(rank_seed(torch.initial_seed() % 2**63, rank))
 
 
 class ShardedBatchSampler(torch.utils.data.Sampler):
@@ -116,7 +109,7 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator).tolist()
         base = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
-        _seed_all(rank_seed(base, self.rank))  # the crops of a loader without processes
+        seed_everything(rank_seed(base, self.rank))  # the crops of a loader without processes
         yield from sharded_batches(order, self.batch_size, self.world, self.rank)
 
     def __len__(self):
