@@ -117,36 +117,24 @@ def test_cpu_bound_tiny(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_dist_tiny(tmp_path, toy_data):
+@pytest.mark.parametrize("backend", ["torch", "mxnet"])
+def test_bench_dist_tiny(backend, tmp_path, toy_data):
+    """One process, the job; for MXNet also one process over the job's devices."""
     import bench_dist
 
-    bench_dist.main(
-        [
-            "--backend",
-            "torch",
-            "--data-dir",
-            str(toy_data),
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    rec = _one(tmp_path, "*-dist-torch-cpu*.json")
-    assert [t["variant"].split()[0] for t in rec["table"]] == ["1", "2"]
-    assert rec["table"][1]["x_one_process"] > 0 and rec["runs"]
-    assert all(
-        r["world_size"] == n
-        for n, runs in (
-            (1, rec["runs"][rec["table"][0]["variant"]]),
-            (2, rec["runs"][rec["table"][1]["variant"]]),
-        )
-        for r in runs
-    )
+    argv = ["--backend", backend, "--data-dir", str(toy_data), "--image-size", "32"]
+    bench_dist.main([*argv, "--batch-size", "16", "--epochs", "1", "--out", str(tmp_path)])
+    rec = _one(tmp_path, f"*-dist-{backend}-cpu*.json")
+    names = [t["variant"] for t in rec["table"]]
+    assert [n.split()[0] for n in names] == ["1", "2"] + (["1"] if backend == "mxnet" else [])
+    assert rec["table"][1]["x_one_process"] > 0
+    assert all(r["world_size"] == 1 for r in rec["runs"][names[0]])
+    assert all(r["world_size"] == 2 for r in rec["runs"][names[1]])
+    if backend == "mxnet":
+        assert names[2] == "1 process x 2 devices", names
+        (devices,) = rec["runs"][names[2]]
+        assert devices["world_size"] == 1 and devices["devices"] == ["cpu(0)", "cpu(1)"]
+        assert 0 <= devices["test_acc"][-1] <= 1
 
 
 @pytest.mark.slow
@@ -190,32 +178,3 @@ def test_mxnet_bf16_tiny(tmp_path):
     assert [r["precision"] for r in rec["rows"]] == ["fp32", "bf16"]
     assert rec["rows"][1]["output_dtype"] != rec["rows"][0]["output_dtype"]  # AMP took hold
     assert all(r["finite_grads"] and r["images_per_sec"] > 0 for r in rec["rows"])
-
-
-@pytest.mark.slow
-def test_bench_dist_tiny_mxnet_adds_one_process_over_the_devices(tmp_path, toy_data):
-    import bench_dist
-
-    bench_dist.main(
-        [
-            "--backend",
-            "mxnet",
-            "--data-dir",
-            str(toy_data),
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    rec = _one(tmp_path, "*-dist-mxnet-cpu*.json")
-    names = [t["variant"] for t in rec["table"]]
-    assert names[2] == "1 process x 2 devices", names
-    (devices,) = rec["runs"][names[2]]
-    assert devices["world_size"] == 1 and devices["devices"] == ["cpu(0)", "cpu(1)"]
-    assert 0 <= devices["test_acc"][-1] <= 1
-    assert all(r["world_size"] == 2 for r in rec["runs"][names[1]])
