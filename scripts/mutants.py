@@ -4,8 +4,13 @@
     python scripts/mutants.py --list     # what each mutant breaks and the tests that kill it
     python scripts/mutants.py ID [ID..]  # only these
 
-Each mutant is one or more exact text replacements in d2lft's sources, the kind of
-regression that once survived the suite. It is applied to a copy of the repository in
+Each mutant is one or more text replacements in d2lft's sources, the kind of
+regression that once survived the suite. An edit is either ``(file, old, new)``, `old`
+found exactly once in the file, or ``(file, function, old_line, new_line)``: the one
+line of function `function` (a name, or ``Class.method``; a class or a module's
+constant works too) that reads `old_line` once stripped of its indentation is
+replaced by `new_line`, at the same indentation. The
+second form survives a refactor that moves or reformats the code around that line. It is applied to a copy of the repository in
 a temporary folder (the working tree is never touched), then the tests that should
 kill it run there (`pytest -x`); a mutant is *killed* when they fail. Exit status 1
 if any mutant survives or no longer applies. tests/test_mutants.py checks, without
@@ -15,6 +20,7 @@ running them, that every mutant still applies to the current sources.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import pathlib
 import shutil
@@ -25,7 +31,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-#: id -> (what it breaks, [(file, old, new)], pytest arguments that must fail)
+#: id -> (what it breaks, [(file, old, new) or (file, function, old_line, new_line)],
+#: pytest arguments that must fail)
 MUTANTS = {
     "torch-fast-no-flip": (
         "torch fast pipeline: crops are never flipped",
@@ -309,25 +316,70 @@ MUTANTS = {
 }
 
 
-def apply(root: pathlib.Path, edits):
-    for rel, old, new in edits:
-        path = root / rel
-        text = path.read_text()
+def _definitions(tree, name):
+    """The definitions in `tree` called `name`: functions and methods (``Class.method``
+    names the method of one class), classes, and assigned names (a module's constant)."""
+    cls, _, fn = name.rpartition(".")
+    scopes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls]
+    nodes = [c for s in scopes for c in s.body] if cls else list(ast.walk(tree))
+    out = []
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == fn:
+                out.append(node)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == fn for t in targets):
+                out.append(node)
+    return out
+
+
+def edit_text(text: str, edit) -> str:
+    """`text` with one mutant edit applied (LookupError when it does not apply)."""
+    if len(edit) == 3:
+        _, old, new = edit
         if text.count(old) != 1:
-            raise LookupError(
-                f"{rel}: the text to replace occurs {text.count(old)} times: {old!r}"
-            )
-        path.write_text(text.replace(old, new))
+            raise LookupError(f"the text to replace occurs {text.count(old)} times: {old!r}")
+        return text.replace(old, new)
+    _, function, old_line, new_line = edit
+    lines = text.splitlines(keepends=True)
+    defs = _definitions(ast.parse(text), function)
+    if not defs:
+        raise LookupError(f"no function, class or name {function!r}")
+    hits = [
+        i
+        for d in defs
+        for i in range(d.lineno - 1, d.end_lineno)
+        if lines[i].strip() == old_line.strip()
+    ]
+    if len(hits) != 1:
+        raise LookupError(f"{function}() has {len(hits)} lines reading {old_line.strip()!r}")
+    i = hits[0]
+    line = lines[i]
+    indent = line[: len(line) - len(line.lstrip())]
+    ending = line[len(line.rstrip("\r\n")) :]
+    lines[i] = "".join(indent + part + ending for part in new_line.split("\n"))
+    return "".join(lines)
+
+
+def apply(root: pathlib.Path, edits):
+    for edit in edits:
+        path = root / edit[0]
+        try:
+            path.write_text(edit_text(path.read_text(), edit))
+        except LookupError as err:
+            raise LookupError(f"{edit[0]}: {err}") from None
 
 
 def check_applies(ids=None):
-    """[(id, error)] of the mutants whose text is no longer found exactly once."""
+    """[(id, error)] of the mutants that no longer apply to today's sources."""
     bad = []
     for mid in ids or MUTANTS:
-        for rel, old, _ in MUTANTS[mid][1]:
-            n = (REPO / rel).read_text().count(old)
-            if n != 1:
-                bad.append((mid, f"{rel}: found {n} times: {old!r}"))
+        for edit in MUTANTS[mid][1]:
+            try:
+                edit_text((REPO / edit[0]).read_text(), edit)
+            except LookupError as err:
+                bad.append((mid, f"{edit[0]}: {err}"))
     return bad
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import pathlib
 import re
@@ -33,6 +34,8 @@ DEFAULT_LOCK_TIMEOUT = 3600.0
 #: the longest base name kept in a temporary name (file names are limited to 255 bytes)
 _BASE_CHARS = 80
 _NOTICE_AFTER = 2.0
+#: the longest host name kept in a temporary name
+_HOST_CHARS = 32
 
 
 class LockTimeout(TimeoutError):
@@ -40,7 +43,15 @@ class LockTimeout(TimeoutError):
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname() or "host")[:32]
+    """This host's name as temporary names record it: the name itself when it is short
+    and plain, else a readable part and a hash of the whole name, so that two hosts
+    never share one (``node.1`` and ``node_1``, or long names that differ at the end,
+    on a folder shared over NFS)."""
+    raw = socket.gethostname() or "host"
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", raw)
+    if safe == raw and len(safe) <= _HOST_CHARS:
+        return safe
+    return f"{safe[: _HOST_CHARS - 9]}_{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
 
 
 def short_base(name: str) -> str:
