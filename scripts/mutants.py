@@ -9,11 +9,11 @@ regression that once survived the suite. An edit is either ``(file, old, new)``,
 found exactly once in the file, or ``(file, function, old_line, new_line)``: the one
 line of function `function` (a name, or ``Class.method``; a class or a module's
 constant works too) that reads `old_line` once stripped of its indentation is
-replaced by `new_line`, at the same indentation. The
-second form survives a refactor that moves or reformats the code around that line. It is applied to a copy of the repository in
-a temporary folder (the working tree is never touched), then the tests that should
-kill it run there (`pytest -x`); a mutant is *killed* when they fail. Exit status 1
-if any mutant survives or no longer applies. tests/test_mutants.py checks, without
+replaced by `new_line`, at the same indentation. The second form survives a refactor
+that moves or reformats the code around that line. A mutant is applied to a copy of
+the repository in a temporary folder (the working tree is never touched), then the
+tests that should kill it run there (`pytest -x`); a mutant is *killed* when they
+fail. Exit status 1 if any mutant survives or no longer applies. tests/test_mutants.py checks, without
 running them, that every mutant still applies to the current sources.
 """
 

@@ -7,7 +7,7 @@ numbers are known (tests/fake_runner.py)."""
 from __future__ import annotations
 
 import pytest
-from fake_runner import N, STEPS, run_fake
+from fake_runner import STEPS, N, run_fake
 
 from d2lft import EarlyStopping, History
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from fake_runner import N, STEPS, run_fake
+from fake_runner import STEPS, N, run_fake
 
 from d2lft import History
 from d2lft.engine.callbacks import BookPrinter
