@@ -13,8 +13,8 @@ replaced by `new_line`, at the same indentation. The second form survives a refa
 that moves or reformats the code around that line. A mutant is applied to a copy of
 the repository in a temporary folder (the working tree is never touched), then the
 tests that should kill it run there (`pytest -x`); a mutant is *killed* when they
-fail. Exit status 1 if any mutant survives or no longer applies. tests/test_mutants.py checks, without
-running them, that every mutant still applies to the current sources.
+fail. Exit status 1 if any mutant survives or no longer applies. tests/test_mutants.py
+checks, without running them, that every mutant still applies to the current sources.
 """
 
 from __future__ import annotations
