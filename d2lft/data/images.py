@@ -68,8 +68,12 @@ def to_rgb(im):
     """`im` (any PIL mode) as an 8-bit RGB PIL image.
 
     16-bit and 32-bit modes are scaled to 8 bits (PIL's own convert clips them, which
-    turns most 16-bit images white); alpha is dropped, as torchvision and OpenCV do;
-    palette, grayscale, CMYK, YCbCr and 1-bit modes use PIL's conversion.
+    turns most 16-bit images white): 'I;16*' from 0..65535; 32-bit integers ('I') by
+    the range their values need: 0..255 as they are, 0..65535 (16-bit data, as older
+    Pillows open 16-bit PNGs) or else the whole positive 32-bit range 0..2**31-1;
+    floats ('F') from 0..1 when no value exceeds 1, else from 0..255. Alpha is dropped,
+    as torchvision and OpenCV do; palette, grayscale, CMYK, YCbCr and 1-bit modes use
+    PIL's conversion.
     """
     from PIL import Image
 
@@ -80,7 +84,11 @@ def to_rgb(im):
         if im.mode.startswith("I;16"):
             arr = arr.astype(np.uint16) >> 8
         elif im.mode == "I":
-            arr = arr / 257.0 if arr.size and arr.max() > 255 else arr
+            top = arr.max() if arr.size else 0
+            if top > 65535:  # 32-bit data
+                arr = arr * (255.0 / (2**31 - 1))
+            elif top > 255:  # 16-bit data
+                arr = arr / 257.0
         else:  # float images: 0..1 or 0..255
             arr = arr * 255.0 if arr.size and np.nanmax(arr) <= 1.0 else arr
         arr = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)

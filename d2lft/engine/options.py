@@ -261,11 +261,16 @@ class RunSpec:
 
     def __post_init__(self):
         if self.devices is not None:
-            devices = (
-                tuple(self.devices)
-                if not isinstance(self.devices, (str, bytes))
-                else (self.devices,)
-            )
+            if isinstance(self.devices, (str, bytes)):
+                devices = (self.devices,)
+            else:
+                try:
+                    devices = tuple(self.devices)
+                except TypeError:
+                    raise ValueError(
+                        f"devices must be a list of devices (e.g. ['cpu'] or [0, 1]) or "
+                        f"None (all GPUs, else the CPU), got {self.devices!r}"
+                    ) from None
             if not devices:
                 raise ValueError(
                     "devices must name at least one device, or be None (all GPUs, else the CPU)"
