@@ -508,6 +508,8 @@ def cmd_sweep(args):
                 file=sys.stderr,
             )
         return EXIT_ERROR
+    if any(h is not None and not h.completed for h in result.histories):
+        return EXIT_INTERRUPTED  # Ctrl-C or SIGTERM ended the sweep (its rows are kept)
     return 0
 
 
