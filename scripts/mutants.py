@@ -313,6 +313,397 @@ MUTANTS = {
         ],
         ["tests/test_serve.py", "-k", "bad_uploads"],
     ),
+    # issue 22: section 2 (tests that catch what users would notice); each edit names
+    # the function (or constant) and one line it must contain
+    "issue22-early-stop-auto-mode": (
+        "EarlyStopping mode='auto': max for the loss, min for accuracies",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                "EarlyStopping.__init__",
+                'mode = "min" if monitor == "train_loss" else "max"',
+                'mode = "max" if monitor == "train_loss" else "min"',
+            )
+        ],
+        ["tests/test_early_stopping.py", "-k", "auto_mode"],
+    ),
+    "issue22-early-stop-min-delta-max": (
+        "EarlyStopping: min_delta ignored in mode 'max'",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                "EarlyStopping._update",
+                "else value > self.best + self.min_delta",
+                "else value > self.best",
+            )
+        ],
+        ["tests/test_early_stopping.py", "-k", "min_delta"],
+    ),
+    "issue22-early-stop-min-delta-min": (
+        "EarlyStopping: min_delta ignored in mode 'min'",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                "EarlyStopping._update",
+                "value < self.best - self.min_delta",
+                "value < self.best",
+            )
+        ],
+        ["tests/test_early_stopping.py", "-k", "min_delta"],
+    ),
+    "issue22-early-stop-no-replay": (
+        "EarlyStopping forgets a resumed run's earlier epochs",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                "EarlyStopping.on_train_begin",
+                "self._update(value)",
+                "pass",
+            )
+        ],
+        ["tests/test_early_stopping.py", "-k", "resumed_run"],
+    ),
+    "issue22-callbacks-user-first": (
+        "the user's callbacks run before d2lft's own (before this epoch's checkpoint)",
+        [
+            (
+                "d2lft/api.py",
+                "train",
+                "callback_list = cb.CallbackList([*default_callbacks(plan), *callbacks])",
+                "callback_list = cb.CallbackList([*callbacks, *default_callbacks(plan)])",
+            )
+        ],
+        ["tests/test_callbacks.py::test_your_callbacks_see_this_epochs_checkpoint"],
+    ),
+    "issue22-train-end-stops-at-error": (
+        "an on_train_end that raises skips the cleanups after it",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                "CallbackList.on_train_end",
+                "first = first or err",
+                "raise",
+            )
+        ],
+        ["tests/test_callbacks.py", "-k", "on_train_end or cleanup"],
+    ),
+    "issue22-speed-wall-clock": (
+        "examples/sec over the wall clock (evaluation included)",
+        [
+            (
+                "d2lft/engine/loop.py",
+                "fit",
+                'history.examples_per_sec = done / train_time if train_time else float("nan")',
+                "history.examples_per_sec = done / (time.perf_counter() - start) "
+                'if train_time else float("nan")',
+            )
+        ],
+        ["tests/test_speed.py::test_examples_per_sec_counts_only_the_training_steps"],
+    ),
+    "issue22-speed-no-finish": (
+        "examples/sec leaves out the device work a step queued (finish_epoch)",
+        [("d2lft/engine/loop.py", "_train_epoch", "seconds += runner.finish_epoch()", "pass")],
+        ["tests/test_speed.py::test_examples_per_sec_counts_only_the_training_steps"],
+    ),
+    "issue22-speed-counts-resumed": (
+        "a resumed run's examples/sec counts the checkpoint's examples too",
+        [
+            (
+                "d2lft/engine/loop.py",
+                "fit",
+                "done = history.num_examples - resumed_examples",
+                "done = history.num_examples",
+            )
+        ],
+        ["tests/test_speed.py::test_a_resumed_run_reports_the_speed_of_its_own_epochs"],
+    ),
+    "issue22-resume-other-classes": (
+        "resume= accepts data with other classes",
+        [
+            (
+                "d2lft/io/checkpoint.py",
+                "resume_into",
+                "if ck.classes and classes not in (None, ck.classes):",
+                "if False:",
+            )
+        ],
+        ["tests/test_resume_checks.py::test_resuming_on_other_classes_is_refused"],
+    ),
+    "issue22-resume-seed-unchecked": (
+        "resume= with another seed does not warn",
+        [("d2lft/io/checkpoint.py", "REPRODUCIBILITY_KEYS", '"seed",', "")],
+        ["tests/test_resume_checks.py::test_resuming_with_another_seed_warns"],
+    ),
+    "issue22-resume-num-examples": (
+        "History.num_examples forgets the epochs before the resume",
+        [
+            (
+                "d2lft/io/checkpoint.py",
+                "resume_into",
+                "history.num_examples += old.num_examples",
+                "",
+            )
+        ],
+        ["tests/test_resume_checks.py::test_num_examples_counts_the_epochs_before_the_resume"],
+    ),
+    "issue22-checkpoint-newer-format": (
+        "a checkpoint of a newer format is read as if it were current",
+        [
+            (
+                "d2lft/io/checkpoint.py",
+                "read_checkpoint",
+                "if _is_int(version) and version > CHECKPOINT_VERSION:",
+                "if False:",
+            )
+        ],
+        ["tests/test_resume_checks.py::test_a_checkpoint_from_a_newer_d2lft_is_refused"],
+    ),
+    "issue22-reclaim-any-host": (
+        "another host's temporary files are reclaimed (shared NFS folders)",
+        [
+            (
+                "d2lft/_sys/locks.py",
+                "reclaim",
+                "if owner is None or owner[0] != _host() or _pid_alive(owner[1]):",
+                "if owner is None or _pid_alive(owner[1]):",
+            )
+        ],
+        ["tests/test_shared_folders.py", "-k", "another_host"],
+    ),
+    "issue22-host-name-cut": (
+        "two hosts share a temporary-name tag (dots made underscores, long names cut)",
+        [
+            (
+                "d2lft/_sys/locks.py",
+                "_host",
+                'return f"{safe[: _HOST_CHARS - 9]}_{hashlib.sha1(raw.encode()).hexdigest()[:8]}"',
+                "return safe[:_HOST_CHARS]",
+            )
+        ],
+        ["tests/test_shared_folders.py", "-k", "another_host"],
+    ),
+    "issue22-image-mode-I-clipped": (
+        "32-bit integer images ('I') go through PIL's clipping convert",
+        [
+            (
+                "d2lft/data/images.py",
+                "to_rgb",
+                'if im.mode.startswith("I;16") or im.mode in ("I", "F"):',
+                'if im.mode.startswith("I;16") or im.mode == "F":',
+            )
+        ],
+        ["tests/test_image_modes.py", "-k", "16-bit or 32-bit"],
+    ),
+    "issue22-image-mode-I-as-16-bit": (
+        "32-bit values of an 'I' image scaled as 16-bit ones (mostly white)",
+        [
+            (
+                "d2lft/data/images.py",
+                "to_rgb",
+                "arr = arr * (255.0 / (2**31 - 1))",
+                "arr = arr / 257.0",
+            )
+        ],
+        ["tests/test_image_modes.py", "-k", "32-bit"],
+    ),
+    "issue22-image-mode-F-unscaled": (
+        "float images in 0..1 are not scaled to 0..255",
+        [
+            (
+                "d2lft/data/images.py",
+                "to_rgb",
+                "arr = arr * 255.0 if arr.size and np.nanmax(arr) <= 1.0 else arr",
+                "arr = arr",
+            )
+        ],
+        ["tests/test_image_modes.py", "-k", "F"],
+    ),
+    "issue22-cache-key-torch-test-size": (
+        "torch's cached test crops are keyed without image_size",
+        [
+            (
+                "d2lft/backends/torch/fastdata.py",
+                "test_store",
+                'return load(paths, f"torch-test-{image_size}", '
+                "lambda p: book_test_uint8(p, image_size))",
+                'return load(paths, "torch-test", lambda p: book_test_uint8(p, image_size))',
+            )
+        ],
+        ["tests/test_cache_keys.py", "-k", "another_size and torch"],
+    ),
+    "issue22-cache-key-mxnet-test-size": (
+        "MXNet's cached test crops are keyed without image_size",
+        [
+            (
+                "d2lft/backends/mxnet/fastdata.py",
+                "test_store",
+                'paths, f"mxnet-test-{image_size}", lambda p: book_test_uint8(p, image_size), '
+                "threads=False",
+                'paths, "mxnet-test", lambda p: book_test_uint8(p, image_size), threads=False',
+            )
+        ],
+        ["tests/test_cache_keys.py", "-k", "another_size and mxnet"],
+    ),
+    "issue22-cache-key-train-size": (
+        "cached training images are keyed without their decode bound (image_size)",
+        [
+            (
+                "d2lft/data/decode_cache.py",
+                "train_store",
+                'kind = f"train-rgb-short{max_short}"',
+                'kind = "train-rgb"',
+            )
+        ],
+        ["tests/test_cache_keys.py", "-k", "another_size"],
+    ),
+    "issue22-cache-key-backend": (
+        "torch's and MXNet's cached test crops share one key",
+        [
+            (
+                "d2lft/backends/torch/fastdata.py",
+                "test_store",
+                'return load(paths, f"torch-test-{image_size}", '
+                "lambda p: book_test_uint8(p, image_size))",
+                'return load(paths, f"test-{image_size}", '
+                "lambda p: book_test_uint8(p, image_size))",
+            ),
+            (
+                "d2lft/backends/mxnet/fastdata.py",
+                "test_store",
+                'paths, f"mxnet-test-{image_size}", lambda p: book_test_uint8(p, image_size), '
+                "threads=False",
+                'paths, f"test-{image_size}", lambda p: book_test_uint8(p, image_size), '
+                "threads=False",
+            ),
+        ],
+        ["tests/test_cache_keys.py::test_the_two_backends_test_crops_never_mix"],
+    ),
+    "issue22-cache-key-mtime": (
+        "a file rewritten in place (same size) keeps its old decoded pixels",
+        [
+            (
+                "d2lft/data/decode_cache.py",
+                "file_key",
+                'return f"{path}|{st.st_size}|{st.st_mtime_ns}"',
+                'return f"{path}|{st.st_size}"',
+            )
+        ],
+        ["tests/test_cache_keys.py", "-k", "changed_in_place"],
+    ),
+    "issue22-options-auto-budget": (
+        "AutoPipeline(memory_budget_mb=0) accepted",
+        [
+            (
+                "d2lft/engine/options.py",
+                "AutoPipeline.__post_init__",
+                '_check_int("memory_budget_mb", self.memory_budget_mb, 1, none=True)',
+                "pass",
+            )
+        ],
+        ["tests/test_options_validation.py", "-k", "refused and AutoPipeline"],
+    ),
+    "issue22-options-fast-augment": (
+        "FastPipeline(augment='bogus') accepted",
+        [
+            (
+                "d2lft/engine/options.py",
+                "FastPipeline.__post_init__",
+                '_check_choice("augment", self.augment, Augment.__args__)',
+                "pass",
+            )
+        ],
+        ["tests/test_options_validation.py", "-k", "refused and FastPipeline"],
+    ),
+    "issue22-options-dist-timeout": (
+        "RunSpec(dist_timeout=0) accepted",
+        [
+            (
+                "d2lft/engine/options.py",
+                "RunSpec.__post_init__",
+                "if isinstance(t, bool) or not isinstance(t, numbers.Real) "
+                "or not 1 <= t <= 86400:",
+                "if False:",
+            )
+        ],
+        ["tests/test_options_validation.py", "-k", "refused and RunSpec"],
+    ),
+    "issue22-confusion-transposed": (
+        "the confusion matrix transposed (rows: predicted)",
+        [
+            (
+                "d2lft/inference.py",
+                "Evaluation.confusion",
+                "np.add.at(m, (self.true, self.pred), 1)",
+                "np.add.at(m, (self.pred, self.true), 1)",
+            )
+        ],
+        ["tests/test_confusion.py::test_rows_are_true_classes_and_columns_predictions"],
+    ),
+    "issue22-confusion-folder-classes": (
+        "evaluate takes folder label indices as the net's class indices",
+        [
+            (
+                "d2lft/inference.py",
+                "evaluate",
+                'true = remap[labels.astype("int64")]',
+                'true = labels.astype("int64")',
+            )
+        ],
+        ["tests/test_confusion.py::test_evaluate_counts_folders_as_true_and_outputs_as_predicted"],
+    ),
+    "issue22-confusion-picture-transposed": (
+        "the confusion picture writes count [j, i] in row i, column j",
+        [
+            (
+                "d2lft/plot.py",
+                "plot_confusion",
+                'f"{m[i, j]}\\n{frac[i, j]:.0%}",',
+                'f"{m[j, i]}\\n{frac[j, i]:.0%}",',
+            )
+        ],
+        ["tests/test_confusion.py::test_the_picture_puts_count_i_j_in_row_i_column_j"],
+    ),
+    "issue22-cli-train-interrupted-0": (
+        "d2lft train exits 0 after Ctrl-C",
+        [
+            (
+                "d2lft/cli.py",
+                "cmd_train",
+                "return 0 if h.completed else EXIT_INTERRUPTED",
+                "return 0",
+            )
+        ],
+        ["tests/test_cli_exit.py", "-k", "130 and train-SIGINT"],
+    ),
+    "issue22-cli-compare-interrupted-0": (
+        "d2lft compare exits 0 after SIGTERM",
+        [
+            (
+                "d2lft/cli.py",
+                "cmd_compare",
+                "return 0 if all(h.completed for h in hs) else EXIT_INTERRUPTED",
+                "return 0",
+            )
+        ],
+        ["tests/test_cli_exit.py", "-k", "130 and compare-SIGTERM"],
+    ),
+    "issue22-cli-sweep-interrupted-0": (
+        "d2lft sweep exits 0 after Ctrl-C (the bug this issue found)",
+        [
+            (
+                "d2lft/cli.py",
+                "cmd_sweep",
+                "return EXIT_INTERRUPTED  # Ctrl-C or SIGTERM ended the sweep (its rows are kept)",
+                "return 0",
+            )
+        ],
+        ["tests/test_cli_exit.py", "-k", "130 and sweep-SIGINT"],
+    ),
+    "issue22-cli-error-exit-1": (
+        "d2lft's explained errors exit 1 instead of 2",
+        [("d2lft/cli.py", "main", "return EXIT_ERROR", "return 1")],
+        ["tests/test_cli_exit.py", "-k", "bad_data and missing"],
+    ),
 }
 
 
