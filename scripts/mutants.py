@@ -361,7 +361,7 @@ MUTANTS = {
                 "pass",
             )
         ],
-        ["tests/test_early_stopping.py", "-k", "resumed_run"],
+        ["tests/test_early_stopping.py", "-k", "resumed_run or resumed_from"],
     ),
     "issue22-callbacks-user-first": (
         "the user's callbacks run before d2lft's own (before this epoch's checkpoint)",

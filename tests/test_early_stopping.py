@@ -7,8 +7,10 @@ numbers are known (tests/fake_runner.py)."""
 from __future__ import annotations
 
 import pytest
+from conftest import make_image_folder
 from fake_runner import STEPS, N, run_fake
 
+import d2lft
 from d2lft import EarlyStopping, History
 
 UP = [0.5, 0.625, 0.75, 0.875, 0.9375, 0.96875]  # dyadic: exact steps
@@ -107,3 +109,33 @@ def test_one_instance_can_watch_two_runs():
     stop = EarlyStopping(monitor="test_acc", patience=1)
     assert run_fake(3, test_accs=[0.9, 0.8, 0.7], callbacks=[stop]).epochs == 2
     assert run_fake(3, test_accs=[0.1, 0.2, 0.3], callbacks=[stop]).epochs == 3
+
+
+def test_a_run_resumed_from_its_checkpoint_stops_at_the_same_epoch(tmp_path, one_torch_thread):
+    """End to end: no loss can improve by 1e9, so patience 2 stops after epoch 3. The
+    same run stopped by Ctrl-C in epoch 3 and resumed from its checkpoint with a fresh
+    EarlyStopping stops after epoch 3 too (epochs 1-2 replayed), not after epoch 5."""
+    data = make_image_folder(tmp_path / "d", 4, 2, size=(16, 16))
+
+    class CtrlC(d2lft.Callback):
+        def on_batch_end(self, state):
+            if state.epoch == 2:
+                raise KeyboardInterrupt
+
+    def run(callbacks, **spec):
+        with d2lft.using("torch"):
+            net = d2lft.build_finetune_net(pretrained=False, seed=0)
+            return d2lft.train_fine_tuning(
+                net, 1e-4, 4, 6, data_dir=data, image_size=16, seed=0, pipeline="book",
+                run=d2lft.RunSpec(verbose=False, **spec), callbacks=callbacks,
+            )  # fmt: skip
+
+    def stop():
+        return EarlyStopping(monitor="train_loss", patience=2, min_delta=1e9)
+
+    whole = run([stop()])
+    assert whole.epochs == 3 and whole.completed
+    cut = run([stop(), CtrlC()], checkpoint_dir=tmp_path / "ck")
+    assert cut.epochs == 2 and not cut.completed
+    resumed = run([stop()], resume=tmp_path / "ck")
+    assert resumed.epochs == 3 and resumed.stopped_reason == whole.stopped_reason
