@@ -518,6 +518,11 @@ MUTANTS = {
         ],
         ["tests/test_image_modes.py", "-k", "F"],
     ),
+    "issue22-image-mode-La": (
+        "a premultiplied 'La' image cannot be converted (PIL has no La -> RGB)",
+        [("d2lft/data/images.py", "to_rgb", 'im = im.convert("LA")', "pass")],
+        ["tests/test_image_modes.py", "-k", "La"],
+    ),
     "issue22-cache-key-torch-test-size": (
         "torch's cached test crops are keyed without image_size",
         [

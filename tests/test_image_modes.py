@@ -64,7 +64,33 @@ CASES = [
     ("F 0..1", lambda: from_array([0.0, 0.5, 1.0], "F"), gray(0, 128, 255)),
     ("F 0..255", lambda: from_array([0.0, 100.0, 255.0], "F"), gray(0, 100, 255)),
     ("RGB", lambda: from_array([(9, 8, 7)], "RGB"), np.array([[[9, 8, 7]]], np.uint8)),
+    ("RGBX", lambda: from_array([(9, 8, 7, 0)], "RGBX"), np.array([[[9, 8, 7]]], np.uint8)),
+    # premultiplied alpha: the straight colour (100 at alpha 128/255 is 199)
+    (
+        "RGBa",
+        lambda: from_array([(100, 50, 20, 128)], "RGBa"),
+        np.array([[[199, 99, 39]]], np.uint8),
+    ),
+    ("La", lambda: from_array([(100, 128), (7, 255)], "La"), gray(199, 7)),
+    (
+        "PA",
+        lambda: palette_image().convert("PA"),
+        np.array([[[200, 10, 30], [5, 250, 120], [0, 0, 0]]], np.uint8),
+    ),
+    ("YCbCr", lambda: from_array([(100, 128, 128)], "YCbCr"), gray(100)),
+    ("HSV", lambda: from_array([(0, 0, 77)], "HSV"), gray(77)),
 ]
+
+
+def test_every_pillow_mode_has_a_case():
+    """Pillow's list of modes, each with a known answer above ('I;16N' is 'I;16L' or
+    'I;16B', the machine's order; LAB goes through PIL's conversion, checked for an
+    RGB result only)."""
+    covered = {c[0].split()[0] for c in CASES} | {"I;16N", "LAB"}
+    assert set(Image.MODES) <= covered, set(Image.MODES) - covered
+    for mode in ("I;16N", "LAB"):
+        out = to_rgb(Image.new(mode, (3, 2)))
+        assert out.mode == "RGB" and out.size == (3, 2)
 
 
 @pytest.mark.parametrize("name, make, want", CASES, ids=[c[0] for c in CASES])

@@ -72,13 +72,15 @@ def to_rgb(im):
     the range their values need: 0..255 as they are, 0..65535 (16-bit data, as older
     Pillows open 16-bit PNGs) or else the whole positive 32-bit range 0..2**31-1;
     floats ('F') from 0..1 when no value exceeds 1, else from 0..255. Alpha is dropped,
-    as torchvision and OpenCV do; palette, grayscale, CMYK, YCbCr and 1-bit modes use
-    PIL's conversion.
+    as torchvision and OpenCV do (premultiplied 'RGBa' and 'La' give their straight
+    colours); palette, grayscale, CMYK, YCbCr, HSV and 1-bit modes use PIL's conversion.
     """
     from PIL import Image
 
     if im.mode == "RGB":
         return im
+    if im.mode == "La":  # premultiplied alpha: PIL converts it to RGB only through LA
+        im = im.convert("LA")
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         arr = np.asarray(im)
         if im.mode.startswith("I;16"):
