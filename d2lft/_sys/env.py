@@ -40,13 +40,14 @@ def env_number(
     except ValueError:  # not a number (or an integer with thousands of digits)
         value = None
     above = value is not None and (value >= low if low_ok else value > low)
-    if value is None or not math.isfinite(value) or not above or value > high:
+    finite = value is not None and (isinstance(value, int) or math.isfinite(value))
+    if not finite or not above or value > high:
         kind = "a whole number" if integer else "a number"
         sign = ">=" if low_ok else ">"
         what = f" ({unit})" if unit else ""
         raise ValueError(
             f"${name} must be {kind} {sign} {_show(low)} and <= {_show(high)}{what}, "
-            f"got {text!r}: fix or unset the variable"
+            f"got {text if len(text) <= 40 else text[:37] + '...'!r}: fix or unset the variable"
         )
     return value
 
