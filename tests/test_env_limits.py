@@ -112,7 +112,9 @@ def test_the_issues_two_cases_through_the_cli(tmp_path):
     --data-dir) crashed with OverflowError; now one line names each variable."""
     data = make_image_folder(tmp_path / "data", n_train=2, n_test=1, size=(16, 16))
     train = ["train", "scratch", "--backend", "torch", "--epochs", "1", "--image-size", "16"]
-    p = cli([*train, "--data-dir", data, "--out", tmp_path / "o"], tmp_path, D2LFT_MEMORY_MB="1e308")
+    p = cli(
+        [*train, "--data-dir", data, "--out", tmp_path / "o"], tmp_path, D2LFT_MEMORY_MB="1e308"
+    )
     one_line(p, "$D2LFT_MEMORY_MB must be a number > 0 and <= 100,000,000 (MiB)", "'1e308'")
     assert not (tmp_path / "o").exists()
     url = "http://127.0.0.1:1/data.zip"  # never reached: the variable is checked first
