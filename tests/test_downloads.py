@@ -46,6 +46,7 @@ class Trickler:
 
             def do_GET(self):
                 outer.hits += 1
+                self.close_connection = True  # when the handler ends, so does the response
                 with contextlib.suppress(OSError):  # the client gave up: what we want
                     getattr(outer, mode)(self)
 
