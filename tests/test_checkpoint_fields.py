@@ -1,47 +1,24 @@
 """Issue 23: a checkpoint from elsewhere (its metadata edited and its hash recomputed,
 as anyone can) whose `backend` says "tensorflow" or whose recorded `val_fraction` is
 "abc": the message says that the value came from the checkpoint, naming the file and
-the field, from the library and from the CLI."""
+the field, from the library and from the CLI. The checkpoint and its editor are
+test_hostile's."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+import test_hostile
 from conftest import make_image_folder
+from test_hostile import edited
 
 import d2lft
-from d2lft.io.checkpoint import HASH_KEY, INFO_KEY, CheckpointError, content_hash
-from d2lft.io.weights import read_params, write_params
+from d2lft.io.checkpoint import CheckpointError
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A real checkpoint (torch, 2 classes, image size 16, trained with val_fraction)."""
-    with d2lft.using("torch"):
-        net = d2lft.build_scratch_net(2, seed=0)
-        d2lft.net_info(net).classes = ["hotdog", "not-hotdog"]
-        path = tmp_path_factory.mktemp("ck") / "run"
-        config = {"image_size": 16, "val_fraction": 0.25}
-        h = d2lft.History(backend="torch", devices=["cpu"], config=config)
-        h.add_epoch(0.5, 0.75, 0.5)
-        d2lft.save_checkpoint(net, path, epoch=1, history=h, image_size=16)
-    return path / "checkpoint.safetensors"
-
-
-def edited(src, dst, change):
-    """A copy of checkpoint `src` with its metadata changed and its hash recomputed."""
-    arrays, meta = read_params(src)
-    info = json.loads(meta[INFO_KEY])
-    change(info)
-    text = json.dumps(info, sort_keys=True)
-    meta[INFO_KEY], meta[HASH_KEY] = text, content_hash(arrays, text)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    write_params(dst, arrays, meta)
-    return dst
+checkpoint = test_hostile.checkpoint  # a fixture: a real torch checkpoint, image size 16
 
 
 def cli(args, home):
@@ -83,6 +60,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_bad_recorded_value_is_named_as_the_checkpoints(case, checkpoint, tmp_path):
     change, says = CASES[case]
+    (tmp_path / "run").mkdir()
     bad = edited(checkpoint, tmp_path / "run" / "checkpoint.safetensors", change)
     with pytest.raises(CheckpointError) as err:
         d2lft.read_checkpoint(bad)
@@ -98,6 +76,7 @@ def test_the_cli_says_the_value_came_from_the_checkpoint(case, checkpoint, tmp_p
     """`d2lft evaluate` of a folder of class subfolders reads the recorded
     val_fraction; `d2lft predict` reads the recorded backend."""
     change, says = CASES[case]
+    (tmp_path / "run").mkdir()
     bad = edited(checkpoint, tmp_path / "run" / "checkpoint.safetensors", change)
     data = make_image_folder(tmp_path / "data", n_train=2, n_test=1, size=(16, 16)) / "train"
     image = next(data.rglob("*.jpg"))

@@ -11,18 +11,16 @@ Every server here is a thread on 127.0.0.1 and ends on its own within seconds.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.server
 import io
 import pathlib
-import threading
 import time
 import warnings
 import zipfile
 
 import pytest
 from conftest import make_image_folder
+from test_hostile import Site
 
 import d2lft
 from d2lft.data import DataLayoutError, DownloadError, hub
@@ -31,87 +29,57 @@ from d2lft.data import DataLayoutError, DownloadError, hub
 TRICKLE_FOR = 20.0
 
 
-class Trickler:
-    """A loopback HTTP server whose one route answers as `mode` says: 'headers'
-    (the status line and headers one byte every 0.2 s), 'body' (the body one byte
-    every 0.1 s) or 'fast' (200 KiB in 64 KiB pieces every 0.3 s). `hits` counts
-    requests."""
-
-    def __init__(self, mode: str):
-        self.hits = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                outer.hits += 1
-                self.close_connection = True  # when the handler ends, so does the response
-                with contextlib.suppress(OSError):  # the client gave up: what we want
-                    getattr(outer, mode)(self)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data.zip"
-
-    @staticmethod
-    def headers(h):
-        head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Pad: " + b"x" * 400 + b"\r\n\r\n"
-        end = time.monotonic() + TRICKLE_FOR
-        for byte in head:
-            if time.monotonic() > end:
-                break
-            h.wfile.write(bytes([byte]))
-            h.wfile.flush()
-            time.sleep(0.2)
-        h.wfile.write(b"PK\x05\x06")
-
-    @staticmethod
-    def body(h):
-        h.send_response(200)
-        h.send_header("Content-Length", "1000")
-        h.end_headers()
+def trickle_headers(h):
+    """The status line and headers one byte every 0.2 s."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Pad: " + b"x" * 400 + b"\r\n\r\n"
+    end = time.monotonic() + TRICKLE_FOR
+    for byte in head:
+        if time.monotonic() > end:
+            break
+        h.wfile.write(bytes([byte]))
         h.wfile.flush()
-        end = time.monotonic() + TRICKLE_FOR
-        while time.monotonic() < end:
-            h.wfile.write(b"x")
-            h.wfile.flush()
-            time.sleep(0.1)
+        time.sleep(0.2)
+    h.wfile.write(b"PK\x05\x06")
 
-    BIG = bytes(range(256)) * 800  # 200 KiB
 
-    @classmethod
-    def fast(cls, h):
-        h.send_response(200)
-        h.send_header("Content-Length", str(len(cls.BIG)))
-        h.end_headers()
-        for i in range(0, len(cls.BIG), 64 << 10):
-            h.wfile.write(cls.BIG[i : i + (64 << 10)])
-            h.wfile.flush()
-            time.sleep(0.3)
+def trickle_body(h):
+    """The body one byte every 0.1 s."""
+    h.send_response(200)
+    h.send_header("Content-Length", "1000")
+    h.end_headers()
+    h.wfile.flush()
+    end = time.monotonic() + TRICKLE_FOR
+    while time.monotonic() < end:
+        h.wfile.write(b"x")
+        h.wfile.flush()
+        time.sleep(0.1)
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+
+BIG = bytes(range(256)) * 800  # 200 KiB
+
+
+def steady(h):
+    """200 KiB in 64 KiB pieces every 0.3 s."""
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(BIG)))
+    h.end_headers()
+    for i in range(0, len(BIG), 64 << 10):
+        h.wfile.write(BIG[i : i + (64 << 10)])
+        h.wfile.flush()
+        time.sleep(0.3)
 
 
 @pytest.fixture
-def trickler():
-    servers = []
+def serve():
+    """serve(handler) -> the URL of a loopback server whose one route runs `handler`."""
+    site = Site()
 
-    def start(mode):
-        servers.append(Trickler(mode))
-        return servers[-1]
+    def start(handler):
+        site.routes["/data.zip"] = handler
+        return site.url("/data.zip")
 
     yield start
-    for s in servers:
-        s.close()
+    site.close()
 
 
 def in_cache(root) -> list[str]:
@@ -131,50 +99,50 @@ def timed_fetch(url, root, sha1="0" * 40):
 # --------------------------------------------------------------------------- deadlines
 
 
-def test_trickled_headers_meet_the_whole_request_deadline(trickler, tmp_path, monkeypatch):
+def test_trickled_headers_meet_the_whole_request_deadline(serve, tmp_path, monkeypatch):
     """Headers at one byte per 0.2 s never trip a read timeout; the deadline covers
     the whole request, headers included."""
-    server = trickler("headers")
+    url = serve(trickle_headers)
     monkeypatch.setenv("D2LFT_DOWNLOAD_TIMEOUT", "1.5")
     monkeypatch.setenv("D2LFT_DOWNLOAD_SPEED_LIMIT", "0")  # the deadline alone
-    seconds, msg = timed_fetch(server.url, tmp_path / "cache")
+    seconds, msg = timed_fetch(url, tmp_path / "cache")
     assert seconds < 6, seconds
     assert "did not finish within 1.5 s" in msg and "$D2LFT_DOWNLOAD_TIMEOUT" in msg
     assert in_cache(tmp_path / "cache") == []
 
 
-def test_trickled_body_meets_the_low_speed_limit(trickler, tmp_path, monkeypatch):
+def test_trickled_body_meets_the_low_speed_limit(serve, tmp_path, monkeypatch):
     """10 bytes/s under a 1 KiB/s limit over 1.5 s: stopped after about 1.5 s,
     long before the whole-request deadline (60 s)."""
-    server = trickler("body")
+    url = serve(trickle_body)
     monkeypatch.setenv("D2LFT_DOWNLOAD_TIMEOUT", "60")
     monkeypatch.setenv("D2LFT_DOWNLOAD_SPEED_LIMIT", "1024")
     monkeypatch.setenv("D2LFT_DOWNLOAD_SPEED_TIME", "1.5")
-    seconds, msg = timed_fetch(server.url, tmp_path / "cache")
+    seconds, msg = timed_fetch(url, tmp_path / "cache")
     assert 1.4 < seconds < 6, seconds
     assert "in the last 1.5 s, slower than the 1024 bytes/s" in msg
     assert "$D2LFT_DOWNLOAD_SPEED_LIMIT" in msg and "$D2LFT_DOWNLOAD_SPEED_TIME" in msg
     assert in_cache(tmp_path / "cache") == []
 
 
-def test_trickled_headers_meet_the_low_speed_limit(trickler, tmp_path, monkeypatch):
+def test_trickled_headers_meet_the_low_speed_limit(serve, tmp_path, monkeypatch):
     """Nothing of the body arrives while headers trickle: the speed limit ends it too."""
-    server = trickler("headers")
+    url = serve(trickle_headers)
     monkeypatch.setenv("D2LFT_DOWNLOAD_TIMEOUT", "60")
     monkeypatch.setenv("D2LFT_DOWNLOAD_SPEED_TIME", "1")
-    seconds, msg = timed_fetch(server.url, tmp_path / "cache")
+    seconds, msg = timed_fetch(url, tmp_path / "cache")
     assert seconds < 6 and "slower than the 1024 bytes/s" in msg, (seconds, msg)
 
 
-def test_a_steady_download_passes_the_speed_limit(trickler, tmp_path, monkeypatch):
+def test_a_steady_download_passes_the_speed_limit(serve, tmp_path, monkeypatch):
     """200 KiB over about 1 s, in pieces 0.3 s apart, with a 1 KiB/s limit over 0.5 s:
     the limit does not stop a download that keeps up."""
-    server = trickler("fast")
+    url = serve(steady)
     monkeypatch.setenv("D2LFT_DOWNLOAD_TIMEOUT", "30")
     monkeypatch.setenv("D2LFT_DOWNLOAD_SPEED_TIME", "0.5")
-    digest = hashlib.sha1(Trickler.BIG).hexdigest()
-    path = d2lft.data.fetch(server.url, digest, root=tmp_path / "cache", progressbar=False)
-    assert path.read_bytes() == Trickler.BIG
+    digest = hashlib.sha1(BIG).hexdigest()
+    path = d2lft.data.fetch(url, digest, root=tmp_path / "cache", progressbar=False)
+    assert path.read_bytes() == BIG
 
 
 # --------------------------------------------------------------------------- archives
