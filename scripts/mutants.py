@@ -335,6 +335,11 @@ MUTANTS = {
         ],
         ["tests/test_downloads.py::test_trickled_headers_meet_the_whole_request_deadline"],
     ),
+    "dl-watch-no-dup": (
+        "downloads: the watchdog holds the socket TLS detaches, so HTTPS is never shut",
+        [("d2lft/data/hub.py", "        dup = sock.dup()", "        dup = sock")],
+        ["tests/test_downloads.py::test_the_deadline_ends_a_tls_download_too"],
+    ),
     "zip-no-entry-limit": (
         "archives: the number of entries is not bounded (60,000 empty files extracted)",
         [("d2lft/data/hub.py", "    if len(infos) > most:", "    if False:")],

@@ -11,9 +11,13 @@ Every server here is a thread on 127.0.0.1 and ends on its own within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pathlib
+import shutil
+import ssl
+import subprocess
 import time
 import warnings
 import zipfile
@@ -108,6 +112,52 @@ def test_trickled_headers_meet_the_whole_request_deadline(serve, tmp_path, monke
     seconds, msg = timed_fetch(url, tmp_path / "cache")
     assert seconds < 6, seconds
     assert "did not finish within 1.5 s" in msg and "$D2LFT_DOWNLOAD_TIMEOUT" in msg
+    assert in_cache(tmp_path / "cache") == []
+
+
+@pytest.fixture
+def tls_site(tmp_path, monkeypatch):
+    """A loopback HTTPS server (a self-signed certificate made with the openssl command,
+    trusted through $REQUESTS_CA_BUNDLE); skipped where openssl is missing."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is missing")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    site = Site()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    site.httpd.socket = context.wrap_socket(site.httpd.socket, server_side=True)
+    yield site
+    site.close()
+
+
+def test_the_deadline_ends_a_tls_download_too(tls_site, tmp_path, monkeypatch):
+    """TLS wraps the socket that the watchdog shuts: it holds a duplicate, so a
+    trickled HTTPS request ends at its deadline like a plain one."""
+
+    def quiet(handler):
+        def run(h):
+            with contextlib.suppress(OSError):  # ssl's errors once the client has gone
+                handler(h)
+
+        return run
+
+    tls_site.routes["/h.zip"] = quiet(trickle_headers)
+    tls_site.routes["/b.zip"] = quiet(trickle_body)
+    monkeypatch.setenv("D2LFT_DOWNLOAD_TIMEOUT", "1.5")
+    monkeypatch.setenv("D2LFT_DOWNLOAD_SPEED_LIMIT", "0")
+    for path in ("/h.zip", "/b.zip"):
+        url = tls_site.url(path).replace("http://", "https://")
+        seconds, msg = timed_fetch(url, tmp_path / "cache")
+        assert seconds < 6 and "did not finish within 1.5 s" in msg, (seconds, msg)
     assert in_cache(tmp_path / "cache") == []
 
 
