@@ -29,10 +29,11 @@ SIZE = 16
 
 
 def graph(n_out=2, in_shape=("N", 3, SIZE, SIZE), out_shape=None):
-    """A tiny ONNX model: N x 3 x H x W -> global average pool -> N x 3 -> N x n_out."""
+    """A tiny ONNX model: N x C x H x W -> global average pool -> N x C -> N x n_out."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape or ("N", n_out)))
-    w = np.arange(3 * n_out, dtype=np.float32).reshape(3, n_out) / 10
+    c = in_shape[1]
+    w = np.arange(c * n_out, dtype=np.float32).reshape(c, n_out) / 10
     nodes = [
         helper.make_node("GlobalAveragePool", ["x"], ["p"]),
         helper.make_node("Flatten", ["p"], ["f"]),
@@ -123,6 +124,14 @@ CASES = {
     ),
     "arch-null": (lambda p: edited(p, arch=None), "d2lft.arch is null, not a name"),
     "checkpoint-a-list": (lambda p: edited(p, checkpoint=[1]), "d2lft.checkpoint is [1]"),
+    "graph-takes-grey-images": (
+        lambda p: write(p, graph(in_shape=("N", 1, SIZE, SIZE))),
+        "the graph's input takes 1 channels ([",
+    ),
+    "graph-takes-other-sizes": (
+        lambda p: write(p, graph(in_shape=("N", 3, SIZE, 2 * SIZE))),
+        "the graph's input takes 16 x 32 pixel images ([",
+    ),
     "foreign-graph-3-outputs-2-classes": (
         lambda p: write(p, graph(n_out=3)),
         'gives 3 outputs per image but d2lft.classes names 2 (["hotdog", "not-hotdog"])',

@@ -391,13 +391,17 @@ def _check_graph(target: pathlib.Path, info: dict, session) -> None:
             f"{target}: the graph's input is {inputs[0].type} {given_in}, not float32 "
             f"N x 3 x {s} x {s}: export the model with d2lft export"
         )
-    for k, (want, got) in enumerate(zip(want_in, given_in, strict=True)):
+    if _is_int(given_in[1]) and given_in[1] != 3:
+        raise OnnxError(
+            f"{target}: the graph's input takes {given_in[1]} channels ({given_in}), not 3 "
+            f"(RGB): export the model with d2lft export"
+        )
+    for want, got in zip(want_in, given_in, strict=True):
         if want is not None and _is_int(got) and got != want:
-            what = "3 colour channels" if k == 1 else f"{got} x {got} pixel images"
             raise _edited(
                 target,
-                f"the graph's input takes {what} ({given_in}) but "
-                f"{METADATA_KEY}.image_size is {s}",
+                f"the graph's input takes {given_in[2]} x {given_in[3]} pixel images "
+                f"({given_in}) but {METADATA_KEY}.image_size is {s}",
             )
     if (
         not all(_is_int(d) for d in given_in[1:])
@@ -410,7 +414,7 @@ def _check_graph(target: pathlib.Path, info: dict, session) -> None:
             raise _edited(
                 target,
                 f"the graph does not run on a 1 x 3 x {s} x {s} input ({METADATA_KEY}.image_size "
-                f"{s}): {str(err).strip().splitlines()[0][:160]}",
+                f"{s}): {' '.join(str(err).split())[:160]}",
             ) from err
         given_out = [None, *out.shape[1:]] if out.ndim == 2 else list(out.shape)
     if len(given_out) != 2 or given_out[1] != n:
