@@ -509,7 +509,9 @@ def fetch(
     where (:func:`set_aside`), and put back when its own hash is asked for. `url` may be
     http(s)://, ftp://, file:// or a local path. An HTTP download is stopped beyond
     `max_mb` (default $D2LFT_MAX_DOWNLOAD_MB, else 4096) and beyond
-    $D2LFT_DOWNLOAD_TIMEOUT seconds (default 3600). Processes that fetch the same file
+    $D2LFT_DOWNLOAD_TIMEOUT seconds (default 3600, headers included), and when it
+    brings less than $D2LFT_DOWNLOAD_SPEED_LIMIT bytes/s (default 1024) over the last
+    $D2LFT_DOWNLOAD_SPEED_TIME seconds (default 60). Processes that fetch the same file
     at once download it once (a file lock). Raises DownloadError naming the URL and
     where to place the file by hand.
     """
