@@ -65,7 +65,8 @@ def load_hotdog(
     skip_bad: bool = False,
 ) -> tuple[Any, Any]:
     """Download (once) the hotdog data and return `(train_imgs, test_imgs)`, the active
-    backend's image-folder datasets of raw images, as in the chapter.
+    backend's image-folder datasets of raw images, as in the chapter. A later
+    :func:`train_fine_tuning` without `data_dir` trains on this same data.
     `skip_bad=True` leaves unreadable images out with a warning (see :func:`image_folder`)."""
     folder = hub.download_hotdog(root, url=url, sha1=sha1)
     backend = _registry.current()
@@ -208,7 +209,7 @@ def plan_run(
             raise ValueError("val_fraction needs data_dir= (a folder of class subfolders)")
         folder = resolve_images(data_dir, run.val_fraction)
     else:
-        folder = hub.resolve_data_dir(data_dir) if data_dir is not None else hub.download_hotdog()
+        folder = hub.resolve_data_dir(data_dir) if data_dir is not None else hub.default_data()
     classes = check_image_folder(folder / "train")
     _check_head_fits(backend, net, classes, folder)
     budget.check_fits(
@@ -428,7 +429,9 @@ def train_fine_tuning(
     (the book's scratch run). `data_dir`: a folder (or .zip) with `train/<class>/` and
     `test/<class>/` (or `val/<class>/` or `valid/<class>/`: the first of test/, val/,
     valid/ that holds class folders is evaluated, recorded as ``History.config
-    ['eval_split']``); default the hotdog data (downloaded once). `devices`: default all
+    ['eval_split']``); default the data that :func:`load_hotdog` loaded last in this
+    process (its `url=`/`sha1=`, from the cache: no second download), else d2l's
+    hotdog data (downloaded once). `devices`: default all
     GPUs, else the CPU. `seed` makes shuffling and augmentation repeatable; the
     initial weights were fixed when the net was built (the builders' `seed=`). To
     repeat a whole run exactly, call ``d2lft.seed(n)`` once at the top of the script,

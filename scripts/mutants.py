@@ -709,6 +709,161 @@ MUTANTS = {
         [("d2lft/cli.py", "main", "return EXIT_ERROR", "return 1")],
         ["tests/test_cli_exit.py", "-k", "bad_data and missing"],
     ),
+    # issue 23: files from elsewhere (ONNX metadata, checkpoints, downloads, archives,
+    # numbers in the environment, the quick start's loaded data)
+    "dl-no-deadline": (
+        "downloads: the whole-request deadline is never checked",
+        [
+            (
+                "d2lft/data/hub.py",
+                "        if now - self.start > self.deadline:",
+                "        if False:",
+            )
+        ],
+        ["tests/test_downloads.py::test_trickled_headers_meet_the_whole_request_deadline"],
+    ),
+    "dl-no-speed-limit": (
+        "downloads: the low-speed limit is never checked",
+        [("d2lft/data/hub.py", "        if self.speed_limit > 0:", "        if False:")],
+        ["tests/test_downloads.py::test_trickled_body_meets_the_low_speed_limit"],
+    ),
+    "dl-watchdog-no-shutdown": (
+        "downloads: a passed limit does not shut the download's sockets (a blocked read goes on)",
+        [
+            (
+                "d2lft/data/hub.py",
+                "                sock.shutdown(socket.SHUT_RDWR)",
+                "                sock.fileno()",
+            )
+        ],
+        ["tests/test_downloads.py::test_trickled_headers_meet_the_whole_request_deadline"],
+    ),
+    "dl-watch-no-dup": (
+        "downloads: the watchdog holds the socket TLS detaches, so HTTPS is never shut",
+        [("d2lft/data/hub.py", "        dup = sock.dup()", "        dup = sock")],
+        ["tests/test_downloads.py::test_the_deadline_ends_a_tls_download_too"],
+    ),
+    "zip-no-entry-limit": (
+        "archives: the number of entries is not bounded (60,000 empty files extracted)",
+        [("d2lft/data/hub.py", "    if len(infos) > most:", "    if False:")],
+        ["tests/test_downloads.py::test_zip_of_60000_empty_entries_is_refused"],
+    ),
+    "zip-check-fewer-classes": (
+        "archives: the hotdog extraction is checked for 1 class, then refused for 2 (kept)",
+        [
+            (
+                "d2lft/data/hub.py",
+                "check=functools.partial(check_splits, min_classes=2)",
+                "check=check_splits",
+            )
+        ],
+        ["tests/test_downloads.py::test_a_refused_layout_leaves_no_extraction_in_the_cache"],
+    ),
+    "cache-deletes-user-file": (
+        "cache: a file with the wrong SHA-1 is deleted instead of moved aside",
+        [
+            (
+                "d2lft/data/hub.py",
+                "        aside = set_aside(target, found)",
+                "        aside = target.unlink() or target",
+            )
+        ],
+        [
+            "tests/test_downloads.py::test_a_mismatching_file_in_the_cache_is_moved_aside_not_deleted"
+        ],
+    ),
+    "train-ignores-loaded-data": (
+        "quick start: train_fine_tuning(net) downloads d2l's data, not what load_hotdog loaded",
+        [
+            (
+                "d2lft/data/hub.py",
+                "    return download_hotdog(**(_last_source or {}))",
+                "    return download_hotdog()",
+            )
+        ],
+        ["tests/test_downloads.py::test_load_hotdog_then_train_trains_on_the_loaded_data"],
+    ),
+    "env-no-upper-bound": (
+        "environment: numbers are checked for finiteness only (1e308 overflows where used)",
+        [
+            (
+                "d2lft/_sys/env.py",
+                "    if not finite or not above or value > high:",
+                "    if not finite or not above:",
+            )
+        ],
+        ["tests/test_env_limits.py", "-k", "1e308"],
+    ),
+    "onnx-no-output-count": (
+        "ONNX: the graph's number of outputs is not checked against the class names",
+        [
+            (
+                "d2lft/deploy/onnx.py",
+                "    if len(given_out) != 2 or given_out[1] != n:",
+                "    if False:",
+            )
+        ],
+        ["tests/test_onnx_metadata.py", "-k", "3-outputs-2-classes"],
+    ),
+    "onnx-empty-classes": (
+        "ONNX: an empty class list is taken",
+        [("d2lft/deploy/onnx.py", "        or not classes", "        or False")],
+        ["tests/test_onnx_metadata.py", "-k", "classes-empty"],
+    ),
+    "onnx-image-size-type": (
+        "ONNX: the metadata's image_size is not checked",
+        [
+            (
+                "d2lft/deploy/onnx.py",
+                "    if not _is_int(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:",
+                "    if False:",
+            )
+        ],
+        ["tests/test_onnx_metadata.py", "-k", "image-size-a-string"],
+    ),
+    "onnx-image-size-vs-graph": (
+        "ONNX: the metadata's image_size is not checked against the graph's input",
+        [
+            (
+                "d2lft/deploy/onnx.py",
+                "        if want is not None and _is_int(got) and got != want:",
+                "        if False:",
+            )
+        ],
+        ["tests/test_onnx_metadata.py", "-k", "image-size-disagrees"],
+    ),
+    "onnx-metadata-not-object": (
+        "ONNX: d2lft metadata that is not a JSON object is taken (AttributeError)",
+        [("d2lft/deploy/onnx.py", "    if not isinstance(info, dict):", "    if False:")],
+        ["tests/test_onnx_metadata.py", "-k", "metadata-not-an-object"],
+    ),
+    "onnx-format-version-type": (
+        "ONNX: a format_version of the wrong type is compared (TypeError)",
+        [("d2lft/deploy/onnx.py", "    if not _is_int(version) or version < 1:", "    if False:")],
+        ["tests/test_onnx_metadata.py", "-k", "format-version-a-string"],
+    ),
+    "ckpt-any-backend-name": (
+        "checkpoints: any recorded backend name is taken ('tensorflow')",
+        [
+            (
+                "d2lft/io/checkpoint.py",
+                '    if info.get("backend") not in _registry.names():',
+                '    if not isinstance(info.get("backend"), str):',
+            )
+        ],
+        ["tests/test_checkpoint_fields.py", "-k", "tensorflow"],
+    ),
+    "ckpt-val-fraction-unchecked": (
+        "checkpoints: the recorded val_fraction is not checked",
+        [
+            (
+                "d2lft/io/checkpoint.py",
+                "    if fraction is not None and not (_is_number(fraction) and 0 < fraction < 1):",
+                "    if False:",
+            )
+        ],
+        ["tests/test_checkpoint_fields.py", "-k", "val-fraction-abc"],
+    ),
 }
 
 

@@ -285,11 +285,14 @@ def test_file_placed_by_hand_with_wrong_hash_is_not_used(zips, tmp_path):
     root = tmp_path / "cache"
     root.mkdir()
     (root / "hotdog.zip").write_bytes(zips["other"])
-    with pytest.raises(DownloadError) as err:
+    with pytest.warns(UserWarning, match="moved to"), pytest.raises(DownloadError) as err:
         d2lft.download_hotdog(root, url=UNREACHABLE, sha1=sha1(zips["good"]))
     assert UNREACHABLE in str(err.value)
     assert f"had SHA-1 {sha1(zips['other'])}" in str(err.value)
-    assert files_under(root) == [], "the file with the wrong hash is not kept"
+    # not used, and not deleted either (issue 23): moved aside, and the message says where
+    aside = f"hotdog.sha1-{sha1(zips['other'])[:12]}.zip"
+    assert files_under(root) == [aside] and aside in str(err.value)
+    assert (root / aside).read_bytes() == zips["other"]
 
 
 def test_local_path_and_file_url_as_source(zips, tmp_path):

@@ -27,7 +27,7 @@ import uuid
 
 import filelock
 
-from .env import env_number
+from .env import MAX_SECONDS, env_number
 
 LOCK_TIMEOUT_ENV = "D2LFT_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 3600.0
@@ -119,7 +119,7 @@ def reclaim(folder, base: str) -> list[pathlib.Path]:
 
 
 def lock_timeout() -> float:
-    return env_number(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
+    return env_number(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT, high=MAX_SECONDS, unit="seconds")
 
 
 @contextlib.contextmanager

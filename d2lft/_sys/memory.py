@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from .env import env_number
+from .env import MAX_MB, env_number
 
 try:
     import resource
@@ -113,7 +113,8 @@ def available_bytes() -> tuple[int | None, str]:
     (/proc/meminfo's MemAvailable, else free pages) and what the cgroup's limit leaves
     (containers). (None, reason) where none of these can be read."""
     if os.environ.get(MEMORY_ENV, "").strip():
-        return int(env_number(MEMORY_ENV, 0) * 2**20), f"${MEMORY_ENV}"
+        mb = env_number(MEMORY_ENV, 0, high=MAX_MB, unit="MiB")
+        return int(mb * 2**20), f"${MEMORY_ENV}"
     found = []
     avail = _meminfo_available()
     if avail is None and hasattr(os, "sysconf"):

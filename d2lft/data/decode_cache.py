@@ -42,6 +42,7 @@ import warnings
 import numpy as np
 
 from .._sys.atomic import atomic_path
+from .._sys.env import MAX_MB, env_number
 from .hub import cache_dir
 from .images import BadImageError, exif_orientation, swaps_sides, to_rgb, upright
 
@@ -54,20 +55,11 @@ _FORMAT = 1
 
 def memory_limit_mb() -> int:
     """$D2LFT_DECODE_CACHE_MB (a whole number of MiB, 0 keeps nothing), else
-    :data:`MEMORY_LIMIT_MB`; ValueError naming the variable for anything else."""
-    text = os.environ.get(MEMORY_ENV, "").strip()
-    if not text:
-        return MEMORY_LIMIT_MB
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(
-            f"${MEMORY_ENV} must be a whole number of MiB (0 keeps no decoded image in "
-            f"memory), got {text!r}: fix or unset the variable"
-        )
-    return value
+    :data:`MEMORY_LIMIT_MB`; ValueError naming the variable and its range otherwise."""
+    unit = "MiB; 0 keeps no decoded image in memory"
+    return int(
+        env_number(MEMORY_ENV, MEMORY_LIMIT_MB, integer=True, high=MAX_MB, low_ok=True, unit=unit)
+    )
 
 
 def default_max_short(image_size: int) -> int:

@@ -16,34 +16,51 @@ Limits (environment variables, read when used):
 
 - ``D2LFT_MAX_DOWNLOAD_MB``: the most a download may bring (default: about 1.5x the
   real hotdog.zip for the hotdog data, 4096 MB for other URLs);
-- ``D2LFT_DOWNLOAD_TIMEOUT``: seconds a whole download may take (default 3600), on top
-  of the 30 s that a server may stay silent;
+- ``D2LFT_DOWNLOAD_TIMEOUT``: seconds a whole download may take, from the request
+  to the last byte, headers included (default 3600); a server may also stay silent
+  for at most 30 s;
+- ``D2LFT_DOWNLOAD_SPEED_LIMIT`` and ``D2LFT_DOWNLOAD_SPEED_TIME`` (curl's
+  ``--speed-limit`` and ``--speed-time``): a download that brings fewer than that many
+  bytes per second (default 1024; 0 turns the check off) over the last that many
+  seconds (default 60) is stopped;
 - ``D2LFT_MAX_EXTRACT_MB`` (default 20480) and ``D2LFT_MAX_EXTRACT_RATIO`` (default
   100): the most an archive may extract to, in all and as a multiple of its own size
-  (a "zip bomb" is refused before anything is written).
+  (a "zip bomb" is refused before anything is written);
+- ``D2LFT_MAX_EXTRACT_FILES`` (default 50000): the most entries (files and folders)
+  an archive may hold; empty files weigh nothing but each takes an inode.
+
+A value outside its allowed range (or 1e308) is refused with a message that names the
+variable and the range.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
 import pathlib
 import re
 import shutil
+import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 import zlib
 
 import pooch
 import requests
+import requests.adapters
 from tqdm.auto import tqdm
 
 from .._sys.atomic import set_default_mode
-from .._sys.env import env_number
+from .._sys.env import MAX_MB, MAX_SECONDS, env_number
 from .._sys.locks import locked, reclaim, short_base, temp_name
 from .folders import EXPECTED_LAYOUT, DataLayoutError, check_splits, find_split_root
 
@@ -77,6 +94,15 @@ MAX_EXTRACT_ENV = "D2LFT_MAX_EXTRACT_MB"
 MAX_RATIO_ENV = "D2LFT_MAX_EXTRACT_RATIO"
 
 
+MAX_FILES_ENV = "D2LFT_MAX_EXTRACT_FILES"
+
+
+SPEED_LIMIT_ENV = "D2LFT_DOWNLOAD_SPEED_LIMIT"
+
+
+SPEED_TIME_ENV = "D2LFT_DOWNLOAD_SPEED_TIME"
+
+
 #: the most the hotdog download may bring (the real hotdog.zip is about 260 MB)
 HOTDOG_MAX_MB = 400
 #: the most a download of another URL may bring, unless $D2LFT_MAX_DOWNLOAD_MB says
@@ -84,6 +110,12 @@ DEFAULT_MAX_DOWNLOAD_MB = 4096
 DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 DEFAULT_MAX_EXTRACT_MB = 20480
 DEFAULT_MAX_RATIO = 100.0
+#: the most entries an archive may hold (the hotdog data has about 2,500)
+DEFAULT_MAX_FILES = 50_000
+#: a download must bring at least this many bytes per second ...
+DEFAULT_SPEED_LIMIT = 1024.0
+#: ... over the last this many seconds
+DEFAULT_SPEED_TIME = 60.0
 #: seconds a server may stay silent (connecting, or between two reads)
 _SILENCE = 30.0
 #: the zip compression methods Python's zipfile reads
@@ -193,15 +225,128 @@ def _local_source(url: str):
     return None
 
 
-class _LimitedHTTPDownloader:
-    """A pooch downloader (http/https) that stops a body larger than `max_bytes` and a
-    download that lasts longer than `deadline` seconds (a server that trickles a byte
-    now and then never trips a read timeout), and shows a tqdm bar if asked."""
+class _Watchdog:
+    """Ends a download that runs past its deadline, or that brings fewer than
+    `speed_limit` bytes per second over the last `speed_time` seconds (curl's
+    ``--speed-limit``/``--speed-time``; 0 turns that check off).
 
-    def __init__(self, max_bytes: int, deadline: float, progressbar: bool):
+    A thread looks every fraction of a second; when a limit is passed it shuts down
+    every socket the download opened (:meth:`watch`: a duplicate of each, so TLS
+    wrapping does not hide them), so a read blocked on the headers or on the body
+    returns at once. `reason` then says which limit ended it. Read timeouts alone
+    cannot do this: a server that sends a byte now and then never trips them."""
+
+    def __init__(self, deadline: float, speed_limit: float, speed_time: float):
+        self.deadline, self.speed_limit, self.speed_time = deadline, speed_limit, speed_time
+        self.start = time.monotonic()
+        self.received = 0  # body bytes so far (the reader adds to it)
+        self.reason: str | None = None  # "deadline" or "slow" once a limit ended it
+        self.window = 0  # bytes that came over the last speed_time seconds, when slow
+        self._samples = collections.deque([(self.start, 0)])
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._tick = max(0.05, min(1.0, deadline / 20, speed_time / 20))
+        self._thread = threading.Thread(target=self._run, name="d2lft-download", daemon=True)
+        self._thread.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Let the watchdog end `sock`'s connection (a new socket of the download)."""
+        dup = sock.dup()
+        with self._lock:
+            self._sockets.append(dup)
+            late = self.reason is not None
+        if late:
+            self._shut([dup])
+
+    def _limit_passed(self) -> str | None:
+        now = time.monotonic()
+        if now - self.start > self.deadline:
+            return "deadline"
+        if self.speed_limit > 0:
+            edge = now - self.speed_time  # the window's start
+            while len(self._samples) > 1 and self._samples[1][0] <= edge:
+                self._samples.popleft()  # keep the newest sample at or before the edge
+            then, count = self._samples[0]
+            if then <= edge and self.received - count < self.speed_limit * self.speed_time:
+                self.window = self.received - count
+                return "slow"
+        self._samples.append((now, self.received))
+        return None
+
+    @staticmethod
+    def _shut(sockets) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _run(self) -> None:
+        while not self._done.wait(self._tick):
+            reason = self._limit_passed()
+            if reason is not None:
+                with self._lock:
+                    self.reason = reason
+                    sockets = list(self._sockets)
+                self._shut(sockets)
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+def _watched_pool(pool, dog: _Watchdog):
+    """`pool` (urllib3), its new connections' sockets shown to `dog` as they open."""
+    base = pool.ConnectionCls
+    if getattr(base, "_d2lft_dog", None) is not dog:
+
+        class Watched(base):
+            _d2lft_dog = dog
+
+            def _new_conn(self):
+                sock = super()._new_conn()
+                dog.watch(sock)
+                return sock
+
+        pool.ConnectionCls = Watched
+    return pool
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' HTTP adapter, its connections' sockets shown to a :class:`_Watchdog`."""
+
+    def __init__(self, dog: _Watchdog):
+        self.dog = dog
+        super().__init__()
+
+    def get_connection_with_tls_context(self, *args, **kwargs):  # requests >= 2.32
+        return _watched_pool(super().get_connection_with_tls_context(*args, **kwargs), self.dog)
+
+    def get_connection(self, *args, **kwargs):  # older requests
+        return _watched_pool(super().get_connection(*args, **kwargs), self.dog)
+
+
+class _LimitedHTTPDownloader:
+    """A pooch downloader (http/https) that stops a body larger than `max_bytes`, a
+    download (headers included) that lasts longer than `deadline` seconds, and one
+    slower than `speed_limit` bytes/s over `speed_time` seconds (see
+    :class:`_Watchdog`), and shows a tqdm bar if asked."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        deadline: float,
+        progressbar: bool,
+        speed: tuple[float, float] = (0.0, DEFAULT_SPEED_TIME),
+    ):
         self.max_bytes = int(max_bytes)
         self.deadline = float(deadline)
         self.progressbar = progressbar
+        self.speed_limit, self.speed_time = speed
 
     def too_large(self, url, size) -> DownloadError:
         return DownloadError(
@@ -210,18 +355,44 @@ class _LimitedHTTPDownloader:
             f"is that large (a mirror of another file), raise ${MAX_DOWNLOAD_ENV} (MB)"
         )
 
-    def too_slow(self, url, got) -> DownloadError:
+    def stopped(self, url, dog: _Watchdog) -> DownloadError:
+        """Why `dog` ended the download of `url`."""
+        if dog.reason == "slow":
+            return DownloadError(
+                f"{url} brought {dog.window:,} bytes in the last {dog.speed_time:g} s, "
+                f"slower than the {dog.speed_limit:g} bytes/s a download must keep "
+                f"({_mb(dog.received)} received in all); it was stopped and nothing was "
+                f"kept. On a slow connection lower ${SPEED_LIMIT_ENV} (bytes per second, "
+                f"0: no limit) or raise ${SPEED_TIME_ENV} (seconds), or place the file by hand"
+            )
         return DownloadError(
-            f"{url} did not finish within {self.deadline:g} s ({_mb(got)} received); "
-            f"it was stopped and nothing was kept. On a slow connection raise "
+            f"{url} did not finish within {self.deadline:g} s ({_mb(dog.received)} "
+            f"received); it was stopped and nothing was kept. On a slow connection raise "
             f"${DOWNLOAD_TIMEOUT_ENV} (seconds), or place the file by hand"
         )
 
     def __call__(self, url, output_file, pooch_obj=None):
-        start = time.monotonic()
+        dog = _Watchdog(self.deadline, self.speed_limit, self.speed_time)
+        try:
+            with requests.Session() as session:
+                adapter = _WatchedAdapter(dog)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                self._get(session, url, output_file, dog)
+        except DownloadError:
+            raise
+        except Exception as err:  # a socket the watchdog shut: requests' or urllib3's error
+            if dog.reason is not None:
+                raise self.stopped(url, dog) from err
+            raise
+        finally:
+            dog.close()
+        if dog.reason is not None:  # the body was cut short without an error
+            raise self.stopped(url, dog)
+
+    def _get(self, session, url, output_file, dog: _Watchdog) -> None:
         silence = min(_SILENCE, self.deadline)
-        got = 0
-        with requests.get(url, stream=True, timeout=(silence, silence)) as r:
+        with session.get(url, stream=True, timeout=(silence, silence)) as r:
             r.raise_for_status()
             length = r.headers.get("Content-Length", "")
             total = int(length) if length.isdigit() else None
@@ -239,11 +410,11 @@ class _LimitedHTTPDownloader:
             try:
                 with open(output_file, "wb") as f:
                     for chunk in chunks:
-                        got += len(chunk)
-                        if got > self.max_bytes:
+                        dog.received += len(chunk)
+                        if dog.received > self.max_bytes:
                             raise self.too_large(url, "the body did not end")
-                        if time.monotonic() - start > self.deadline:
-                            raise self.too_slow(url, got)
+                        if dog.reason is not None:
+                            raise self.stopped(url, dog)
                         f.write(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
@@ -253,7 +424,19 @@ class _LimitedHTTPDownloader:
 
 
 def _max_download_bytes(default_mb: float) -> int:
-    return int(env_number(MAX_DOWNLOAD_ENV, default_mb) * 2**20)
+    return int(env_number(MAX_DOWNLOAD_ENV, default_mb, high=MAX_MB, unit="MiB") * 2**20)
+
+
+def _download_limits() -> tuple[float, tuple[float, float]]:
+    """($D2LFT_DOWNLOAD_TIMEOUT, ($D2LFT_DOWNLOAD_SPEED_LIMIT, $D2LFT_DOWNLOAD_SPEED_TIME))."""
+    deadline = env_number(
+        DOWNLOAD_TIMEOUT_ENV, DEFAULT_DOWNLOAD_TIMEOUT, high=MAX_SECONDS, unit="seconds"
+    )
+    limit = env_number(
+        SPEED_LIMIT_ENV, DEFAULT_SPEED_LIMIT, low_ok=True, high=2**40, unit="bytes per second"
+    )
+    span = env_number(SPEED_TIME_ENV, DEFAULT_SPEED_TIME, high=MAX_SECONDS, unit="seconds")
+    return deadline, (limit, span)
 
 
 def _downloader(url: str, progressbar: bool, max_bytes: int | None = None):
@@ -270,8 +453,8 @@ def _downloader(url: str, progressbar: bool, max_bytes: int | None = None):
     if scheme in _HTTP_SCHEMES:
         if max_bytes is None:
             max_bytes = _max_download_bytes(DEFAULT_MAX_DOWNLOAD_MB)
-        deadline = env_number(DOWNLOAD_TIMEOUT_ENV, DEFAULT_DOWNLOAD_TIMEOUT)
-        return _LimitedHTTPDownloader(max_bytes, deadline, progressbar)
+        deadline, speed = _download_limits()
+        return _LimitedHTTPDownloader(max_bytes, deadline, progressbar, speed)
     if scheme == "ftp":
         return pooch.FTPDownloader(progressbar=progressbar, chunk_size=_CHUNK, timeout=_SILENCE)
     raise ValueError(
@@ -284,8 +467,19 @@ def _want_progressbar() -> bool:
     return os.environ.get(PROGRESS_ENV, "1") != "0"
 
 
-def _remove(path: pathlib.Path):
-    path.unlink(missing_ok=True)
+def aside_path(path: pathlib.Path, digest: str) -> pathlib.Path:
+    """Where :func:`set_aside` moves `path` when its SHA-1 is `digest`:
+    ``NAME.sha1-DIGEST12.SUFFIX`` beside it (``hotdog.sha1-0123456789ab.zip``)."""
+    return path.with_name(f"{path.stem}.sha1-{digest[:12]}{path.suffix}")
+
+
+def set_aside(path: pathlib.Path, digest: str) -> pathlib.Path:
+    """Move `path` (a file found where another was expected, e.g. placed by hand or
+    loaded from another source) out of the way, keeping it: files that d2lft did not
+    write are never deleted. Returns where it went (see :func:`aside_path`)."""
+    aside = aside_path(path, digest)
+    os.replace(path, aside)  # the same SHA-1 at `aside`: the same bytes
+    return aside
 
 
 def _by_hand(url, target, sha1) -> str:
@@ -310,10 +504,14 @@ def fetch(
     A file already in the cache with the right hash is reused without network access
     (so a file placed there by hand works offline). A downloaded file is written to a
     temporary file and moved into place only when its SHA-1 matches; a file with the
-    wrong hash (downloaded, or found in the cache) is never used nor kept. `url` may be
+    wrong hash is never used: a downloaded one is discarded, one found in the cache (placed
+    there by hand, or fetched for another hash) is moved aside with a warning that says
+    where (:func:`set_aside`), and put back when its own hash is asked for. `url` may be
     http(s)://, ftp://, file:// or a local path. An HTTP download is stopped beyond
     `max_mb` (default $D2LFT_MAX_DOWNLOAD_MB, else 4096) and beyond
-    $D2LFT_DOWNLOAD_TIMEOUT seconds (default 3600). Processes that fetch the same file
+    $D2LFT_DOWNLOAD_TIMEOUT seconds (default 3600, headers included), and when it
+    brings less than $D2LFT_DOWNLOAD_SPEED_LIMIT bytes/s (default 1024) over the last
+    $D2LFT_DOWNLOAD_SPEED_TIME seconds (default 60). Processes that fetch the same file
     at once download it once (a file lock). Raises DownloadError naming the URL and
     where to place the file by hand.
     """
@@ -357,11 +555,16 @@ def _fetch_locked(url, sha1, folder, fname, downloader, progressbar) -> pathlib.
         found = file_sha1(target)
         if found == sha1:  # another process downloaded it while this one waited
             return target
+        aside = set_aside(target, found)
         stale = (
-            f" The file already at {target} had SHA-1 {found}, not {sha1}, so it "
-            f"was not used and has been removed."
+            f" The file that was at {target} had SHA-1 {found}, not {sha1}, so it "
+            f"was not used; it was moved to {aside}."
         )
-        _remove(target)
+        warnings.warn(stale.strip(), stacklevel=4)
+    kept = aside_path(target, sha1)
+    if kept.is_file() and file_sha1(kept) == sha1:  # set aside earlier: put it back
+        os.replace(kept, target)
+        return target
     staging = folder / temp_name(fname)
     log = pooch.get_logger()
     try:
@@ -473,13 +676,22 @@ def _entry_problems(archive, infos, dest) -> None:
 
 
 def _extract_limits(archive: pathlib.Path, infos) -> int:
-    """The bytes the archive extracts to; DataLayoutError (a "zip bomb") when that is
-    more than $D2LFT_MAX_EXTRACT_MB or more than $D2LFT_MAX_EXTRACT_RATIO times the
-    archive's own size. zipfile never writes more than an entry's recorded size (it
-    stops there and checks the CRC), so the recorded sizes bound what is written."""
+    """The bytes the archive extracts to; DataLayoutError (a "zip bomb") when it holds
+    more than $D2LFT_MAX_EXTRACT_FILES entries (empty files weigh nothing, but each
+    takes an inode), or extracts to more than $D2LFT_MAX_EXTRACT_MB or more than
+    $D2LFT_MAX_EXTRACT_RATIO times the archive's own size. zipfile never writes more
+    than an entry's recorded size (it stops there and checks the CRC), so the recorded
+    sizes bound what is written."""
+    most = env_number(MAX_FILES_ENV, DEFAULT_MAX_FILES, integer=True, high=10**9, unit="entries")
+    if len(infos) > most:
+        raise DataLayoutError(
+            f"{archive} holds {len(infos):,} entries (files and folders), more than the "
+            f"{most:,} allowed; refusing to extract it, nothing was written. If you trust "
+            f"it, raise ${MAX_FILES_ENV}"
+        )
     total = sum(i.file_size for i in infos)
-    cap = env_number(MAX_EXTRACT_ENV, DEFAULT_MAX_EXTRACT_MB) * 2**20
-    ratio_cap = env_number(MAX_RATIO_ENV, DEFAULT_MAX_RATIO)
+    cap = env_number(MAX_EXTRACT_ENV, DEFAULT_MAX_EXTRACT_MB, high=MAX_MB, unit="MiB") * 2**20
+    ratio_cap = env_number(MAX_RATIO_ENV, DEFAULT_MAX_RATIO, high=10**6, unit="times")
     size = max(archive.stat().st_size, 1)
     if total > cap:
         raise DataLayoutError(
@@ -559,7 +771,11 @@ def extract_zip(archive, dest, *, marker=None, check=None) -> pathlib.Path:
                 if not _stamp_ok(dest, marker):  # else another process extracted it meanwhile
                     reclaim(dest.parent, dest.name)  # temporary folders of killed extractions
                     _check_space(dest.parent, total, archive)
-                    _extract_locked(zf, archive, dest, marker, check)
+                    try:
+                        _extract_locked(zf, archive, dest, marker, check)
+                    except DataLayoutError:  # the archive's fault: nothing to keep a lock for
+                        held.done()
+                        raise
                 held.done()
         except (CacheError, DataLayoutError):
             raise
@@ -594,7 +810,13 @@ def _extract_locked(zf, archive, dest, marker, check) -> None:
                 f"kept. Extract it with another tool and pass the folder"
             ) from err
         if check is not None:
-            check(tmp)
+            try:
+                check(tmp)
+            except DataLayoutError as err:  # name the archive, not the temporary folder
+                raise DataLayoutError(
+                    f"{archive} does not hold the expected data, so nothing extracted from it "
+                    f"was kept: " + str(err).replace(str(tmp), "(the archive)")
+                ) from err
         (tmp / _MARKER).write_text(marker or "")
         _discard(dest)  # stale: no stamp, or another archive's (under the lock: not in use)
         os.replace(tmp, dest)
@@ -633,8 +855,14 @@ def resolve_data_dir(data_dir, min_classes=2) -> pathlib.Path:
                 f"a .zip archive. {EXPECTED_LAYOUT}"
             )
         digest = file_sha1(path)
-        path = extract_zip(path, archive_dest(path, digest), marker=digest, check=check_splits)
+        check = functools.partial(check_splits, min_classes=min_classes)
+        path = extract_zip(path, archive_dest(path, digest), marker=digest, check=check)
     return check_splits(path, min_classes)
+
+
+#: the source of the last :func:`download_hotdog` (``d2lft.load_hotdog``) call of this
+#: process, which training uses when it is given no data (:func:`default_data`)
+_last_source: dict | None = None
 
 
 def download_hotdog(
@@ -645,9 +873,11 @@ def download_hotdog(
     `root`: cache folder (default $D2LFT_HOME, else a per-user cache). `url`: a mirror
     (default $D2LFT_DATA_URL, else d2l's data hub; http(s)://, ftp://, file:// or a
     local path). `sha1`: the archive's SHA-1 (default the real hotdog.zip's); a file
-    that does not match it is never used nor kept. Offline: place hotdog.zip in the
-    cache folder by hand.
+    that does not match it is never used (see :func:`fetch`). Offline: place
+    hotdog.zip in the cache folder by hand. The source is remembered: training given
+    no data uses it (:func:`default_data`).
     """
+    global _last_source
     url = url or os.environ.get(URL_ENV) or HOTDOG_URL
     sha1 = _check_sha1(sha1 or HOTDOG_SHA1)
     folder = cache_dir(root)
@@ -655,8 +885,20 @@ def download_hotdog(
     if not _stamp_ok(extracted, sha1):
         cap = HOTDOG_MAX_MB if sha1 == HOTDOG_SHA1 else None  # the real file's size is known
         archive = fetch(url, sha1, root=folder, fname="hotdog.zip", max_mb=cap)
-        extract_zip(archive, extracted, marker=sha1, check=check_splits)
+        extract_zip(
+            archive, extracted, marker=sha1, check=functools.partial(check_splits, min_classes=2)
+        )
     hotdog = extracted / "hotdog"
     if not hotdog.is_dir():
         hotdog = find_split_root(extracted)
-    return resolve_data_dir(hotdog)
+    hotdog = resolve_data_dir(hotdog)
+    _last_source = {"root": folder, "url": url, "sha1": sha1}
+    return hotdog
+
+
+def default_data() -> pathlib.Path:
+    """The data that training uses when it is given none: what the last
+    :func:`download_hotdog` (``d2lft.load_hotdog``) call of this process loaded (from
+    its cache, extracted again from its source only if that copy is gone), else d2l's
+    hotdog data. What a user loaded is what trains."""
+    return download_hotdog(**(_last_source or {}))

@@ -38,7 +38,7 @@ from ..backends import _registry
 from ..data.folders import list_images
 from ..data.images import MEAN, STD, test_resize
 from ..data.preprocess import RESIZE_FILTER, softmax, test_batch
-from ..engine.options import check_args
+from ..engine.options import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_args
 from ..netinfo import net_info
 
 SUFFIX = ".onnx"
@@ -265,7 +265,13 @@ def is_onnx(obj: Any) -> bool:
 
 def load_onnx(path: str | os.PathLike) -> OnnxModel:
     """An :class:`OnnxModel` from a ``.onnx`` file written by :func:`d2lft.export`
-    (needs onnxruntime only: ``pip install 'd2lft[onnx]'``)."""
+    (needs onnxruntime only: ``pip install 'd2lft[onnx]'``).
+
+    Everything prediction relies on is checked here, once, so that a file that was
+    edited or comes from elsewhere is refused before any image is read (OnnxError, one
+    line naming the file and the field): the metadata's types and ranges, its format
+    version, the class names against the graph's number of outputs, and the image
+    size against the graph's input."""
     if isinstance(path, OnnxModel):
         return path
     target = pathlib.Path(path).expanduser()
@@ -280,10 +286,36 @@ def load_onnx(path: str | os.PathLike) -> OnnxModel:
         )
     except Exception as err:  # onnxruntime raises its own exception types
         raise OnnxError(
-            f"{target} cannot be read as an ONNX model ({str(err).strip()[:200]}); it may be "
+            f"{target} cannot be read as an ONNX model ({' '.join(str(err).split())[:200]}); "
+            f"it may be "
             f"truncated: export it again"
         ) from err
-    meta = session.get_modelmeta().custom_metadata_map
+    info = _checked_metadata(target, session.get_modelmeta().custom_metadata_map)
+    _check_graph(target, info, session)
+    return OnnxModel(target, info, session)
+
+
+def _shown(value: Any) -> str:
+    """`value` as JSON (null, "2", [1, 2]), cut to a readable length."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _edited(target, what: str) -> OnnxError:
+    return OnnxError(
+        f"{target}: {what}; the file was edited or not written by d2lft, so no prediction "
+        f"is made from it: export it again (d2lft export)"
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _checked_metadata(target: pathlib.Path, meta: dict) -> dict:
+    """The file's d2lft metadata, every field that prediction uses checked (type,
+    range, and agreement with the plain `classes` and `image_size` entries); OnnxError
+    naming the file and the field otherwise."""
     if METADATA_KEY not in meta:
         raise OnnxError(
             f"{target} has no {METADATA_KEY!r} metadata, so its preprocessing and class "
@@ -291,11 +323,104 @@ def load_onnx(path: str | os.PathLike) -> OnnxModel:
         )
     try:
         info = json.loads(meta[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise OnnxError(f"{target}: unreadable {METADATA_KEY!r} metadata ({err})") from err
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise OnnxError(f"{target} was exported by a newer d2lft: upgrade d2lft")
-    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise _edited(target, f"its {METADATA_KEY!r} metadata is not JSON ({err})") from err
+    key = METADATA_KEY
+    if not isinstance(info, dict):
+        raise _edited(target, f"metadata field {key} is {_shown(info)}, not a JSON object")
+    version = info.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise _edited(target, f"{key}.format_version is {_shown(version)}, not a whole number")
+    if version > FORMAT_VERSION:
+        raise OnnxError(
+            f"{target} was exported by a newer d2lft ({key}.format_version {version}; this "
+            f"d2lft reads {FORMAT_VERSION}): upgrade d2lft"
+        )
+    classes = info.get("classes")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
+        raise _edited(target, f"{key}.classes is {_shown(classes)}, not a list of class names")
+    size = info.get("image_size")
+    if not _is_int(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise _edited(
+            target,
+            f"{key}.image_size is {_shown(size)}, not a whole number of pixels from "
+            f"{MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}",
+        )
+    for field in ("arch", "kind", "trained_with", "exporter"):
+        if not isinstance(info.get(field), str):
+            raise _edited(target, f"{key}.{field} is {_shown(info.get(field))}, not a name")
+    if not isinstance(info.get("checkpoint"), (dict, type(None))):
+        raise _edited(target, f"{key}.checkpoint is {_shown(info['checkpoint'])}, not an object")
+    plain = {"classes": classes, "image_size": size}
+    for field, value in plain.items():
+        if field not in meta:
+            continue
+        try:
+            agrees = json.loads(meta[field]) == value
+        except (json.JSONDecodeError, RecursionError):
+            agrees = False
+        if not agrees:
+            raise _edited(
+                target,
+                f"metadata field {field} is {_shown(meta[field])} but {key}.{field} is "
+                f"{_shown(value)}",
+            )
+    return info
+
+
+def _check_graph(target: pathlib.Path, info: dict, session) -> None:
+    """The graph takes N x 3 x S x S float32 (S: the metadata's image size) and gives
+    N x len(classes) logits; OnnxError otherwise. Sizes the graph leaves open are
+    found by running it once on a blank image."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = ([i.name for i in inputs], [o.name for o in outputs])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
-        raise OnnxError(f"{target}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
-    return OnnxModel(target, info, session)
+        raise OnnxError(
+            f"{target}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, found "
+            f"inputs {names[0]} and outputs {names[1]}: export the model with d2lft export"
+        )
+    s, n = info["image_size"], len(info["classes"])
+    want_in = [None, 3, s, s]
+    given_in, given_out = list(inputs[0].shape or []), list(outputs[0].shape or [])
+    if inputs[0].type != "tensor(float)" or len(given_in) != 4:
+        raise OnnxError(
+            f"{target}: the graph's input is {inputs[0].type} {given_in}, not float32 "
+            f"N x 3 x {s} x {s}: export the model with d2lft export"
+        )
+    if _is_int(given_in[1]) and given_in[1] != 3:
+        raise OnnxError(
+            f"{target}: the graph's input takes {given_in[1]} channels ({given_in}), not 3 "
+            f"(RGB): export the model with d2lft export"
+        )
+    for want, got in zip(want_in, given_in, strict=True):
+        if want is not None and _is_int(got) and got != want:
+            raise _edited(
+                target,
+                f"the graph's input takes {given_in[2]} x {given_in[3]} pixel images "
+                f"({given_in}) but {METADATA_KEY}.image_size is {s}",
+            )
+    if (
+        not all(_is_int(d) for d in given_in[1:])
+        or len(given_out) != 2
+        or not _is_int(given_out[1])
+    ):
+        try:  # sizes left open: run it once
+            out = session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, 3, s, s), np.float32)})[0]
+        except Exception as err:  # onnxruntime's own exception types
+            raise _edited(
+                target,
+                f"the graph does not run on a 1 x 3 x {s} x {s} input ({METADATA_KEY}.image_size "
+                f"{s}): {' '.join(str(err).split())[:160]}",
+            ) from err
+        given_out = [None, *out.shape[1:]] if out.ndim == 2 else list(out.shape)
+    if len(given_out) != 2 or given_out[1] != n:
+        count = given_out[1] if len(given_out) == 2 else f"shape {given_out}"
+        raise _edited(
+            target,
+            f"the graph gives {count} outputs per image but {METADATA_KEY}.classes names "
+            f"{n} ({_shown(info['classes'])})",
+        )

@@ -163,7 +163,7 @@ def lr_sweep(
     run = RunSpec() if run is None else run
     run = dataclasses.replace(run, verbose=False, seed=seed if run.seed is None else run.seed)
     if data_dir is None:
-        folder = hub.download_hotdog()
+        folder = hub.default_data()
     else:
         folder = resolve_images(data_dir, run.val_fraction)
     run = dataclasses.replace(run, val_fraction=None)  # `folder` is the split already

@@ -263,8 +263,9 @@ def read_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> Checkpoi
     problem = _metadata_problem(info, arrays)
     if problem:
         raise CheckpointError(
-            f"{target}: its checkpoint metadata is not valid ({problem}); the file was "
-            f"edited or written by something else. Use an intact copy or train again"
+            f"{target}: a value recorded in this checkpoint is not valid: {problem}; "
+            f"the file was edited or written by something else. Use an intact copy or "
+            f"train again"
         )
     return Checkpoint(target, info, arrays)
 
@@ -291,8 +292,9 @@ def _metadata_problem(info, arrays) -> str:
         canonical_arch(info.get("arch"))
     except (ValueError, TypeError):
         return f"arch is {info.get('arch')!r}, not one of {ARCHS}"
-    if not isinstance(info.get("backend"), str):
-        return f"backend is {info.get('backend')!r}, not a name"
+    if info.get("backend") not in _registry.names():
+        known = ", ".join(repr(b) for b in _registry.names())
+        return f"backend is {info.get('backend')!r}, not one of {known}"
     epoch = info.get("epoch")
     if not _is_int(epoch) or epoch < 0:
         return f"epoch is {epoch!r}, not a whole number >= 0"
@@ -310,9 +312,23 @@ def _metadata_problem(info, arrays) -> str:
         head = arrays.get("fc.weight")
         if head is not None and head.ndim == 2 and head.shape[0] != len(classes):
             return f"{len(classes)} class names for a head of {head.shape[0]} outputs"
-    if not isinstance(info.get("config", {}), dict):
-        return "config is not an object"
-    return _history_problem(info.get("history"))
+    if not isinstance(info.get("preprocessing", {}), dict):
+        return f"preprocessing is {info.get('preprocessing')!r}, not an object"
+    return _config_problem(info.get("config", {})) or _history_problem(info.get("history"))
+
+
+def _config_problem(config) -> str:
+    """What is wrong with the recorded training settings that d2lft reads back (the
+    held-out split's val_fraction, data folder and split name), '' if nothing."""
+    if not isinstance(config, dict):
+        return f"config is {config!r}, not an object"
+    fraction = config.get("val_fraction")
+    if fraction is not None and not (_is_number(fraction) and 0 < fraction < 1):
+        return f"config.val_fraction is {fraction!r}, not a number between 0 and 1"
+    for key in ("data_dir", "eval_split"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            return f"config.{key} is {config[key]!r}, not a path or a name"
+    return ""
 
 
 def _history_problem(h) -> str:
