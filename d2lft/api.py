@@ -319,8 +319,8 @@ def default_callbacks(plan: TrainPlan) -> list:
     out = [cb.HeapRetention()]
     if plan.rank != 0:
         return out
-    if plan.run.verbose and cb.want_progress():
-        out.append(cb.ProgressBar())
+    if plan.run.verbose and cb.progress_on():  # a bar on a terminal, else epoch lines
+        out.append(cb.ProgressBar(bar=cb.want_progress()))
     if plan.run.verbose and cb.in_notebook():
         out.append(cb.LiveCurve())
     if plan.run.checkpoint_dir is not None:

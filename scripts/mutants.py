@@ -306,6 +306,30 @@ MUTANTS = {
         ],
         ["tests/test_serve.py", "-k", "bad_uploads"],
     ),
+    # issue 23: a new user's first hour (progress, evaluate's data, split names, predict,
+    # layout hint, notebooks, docs)
+    "progress-bar-hidden-on-0x0-tty": (
+        "a terminal that reports no size (a pty under `script`) hides tqdm's bar",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                "            nrows=None if in_notebook() else rows,",
+                "            nrows=None,",
+            )
+        ],
+        ["tests/test_progress.py::test_a_terminal_shows_a_bar_with_rate_and_time_left"],
+    ),
+    "progress-bar-in-logs": (
+        "training draws a tqdm bar (carriage returns) into a log file or pipe",
+        [
+            (
+                "d2lft/api.py",
+                "        out.append(cb.ProgressBar(bar=cb.want_progress()))",
+                "        out.append(cb.ProgressBar(bar=True))",
+            )
+        ],
+        ["tests/test_progress.py::test_a_pipe_gets_one_line_per_epoch"],
+    ),
 }
 
 
