@@ -267,8 +267,7 @@ class ProgressBar(Callback):
         rate = f" ({n / seconds:.1f} examples/s)" if seconds > 0 and n > 0 else ""
         tail = f"; about {_duration(left * mean)} left" if left else ""
         print(
-            f"epoch {state.epoch + 1}/{state.num_epochs} done in {_duration(seconds)}"
-            f"{rate}{tail}",
+            f"epoch {state.epoch + 1}/{state.num_epochs} done in {_duration(seconds)}{rate}{tail}",
             file=self.stream or sys.stderr,
             flush=True,
         )
