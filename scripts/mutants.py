@@ -330,6 +330,28 @@ MUTANTS = {
         ],
         ["tests/test_progress.py::test_a_pipe_gets_one_line_per_epoch"],
     ),
+    "layout-no-val-fraction-hint": (
+        "one folder of class subfolders is not told about --val-fraction",
+        [
+            (
+                "d2lft/data/folders.py",
+                '        f"(found {found}); {_one_folder_hint(folder, subs)}{EXPECTED_LAYOUT}"',
+                '        f"(found {found}); {EXPECTED_LAYOUT}"',
+            )
+        ],
+        ["tests/test_first_hour.py::test_one_folder_of_classes_is_told_about_val_fraction"],
+    ),
+    "layout-hint-without-images": (
+        "folders without images are told to use --val-fraction",
+        [
+            (
+                "d2lft/data/folders.py",
+                "    if not all(_holds_images(p) for p in subs[:20]):",
+                "    if False:",
+            )
+        ],
+        ["tests/test_first_hour.py::test_no_val_fraction_hint_for_folders_without_images"],
+    ),
 }
 
 
