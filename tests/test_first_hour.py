@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_image_folder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
