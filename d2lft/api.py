@@ -237,6 +237,7 @@ def plan_run(
         pipeline_choice=choice,
         store_on_disk=on_disk,
         eval_split=held_out_split(folder) or "test",
+        data_source=None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),
     )
 
 

@@ -189,6 +189,10 @@ def _positive_int(text):
     return value
 
 
+def _count(text):
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
 def _positive_float(text):
     try:
         value = float(text)
@@ -537,11 +541,32 @@ def _has_splits(source) -> bool:
     return True
 
 
+def _trained_on(args, net):
+    """``(data, where it came from)`` for evaluate: --data-dir when given; else the
+    data the checkpoint was trained on (its absolute `data_source`; an older
+    checkpoint's `data_dir`, relative to this folder); else the hotdog data."""
+    if args.data_dir is not None or is_onnx(net) or net_info(net).checkpoint is None:
+        return _data_source(args), ""
+    ck = net_info(net).checkpoint
+    cfg = ck.config
+    recorded = cfg.get("data_source") if "data_source" in cfg else cfg.get("data_dir")
+    if not recorded:  # trained on the chapter's hotdog data
+        return _data_source(args), ""
+    path = pathlib.Path(recorded).expanduser()
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (relative to this folder, {os.getcwd()})"
+        raise FileNotFoundError(
+            f"{ck.path} was trained on {recorded}, which is not there{where}: "
+            f"pass --data-dir with the data to score"
+        )
+    return path, f" (the data {ck.path} was trained on; --data-dir scores other data)"
+
+
 def cmd_evaluate(args):
     if args.out and os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file, not a folder: choose a folder")
     net = _load(args)
-    data_dir = _data_source(args)
+    data_dir, trained_on = _trained_on(args, net)
     split = None if args.split == "all" else args.split
     val_fraction, origin = args.val_fraction, "--val-fraction"
     if val_fraction is None and split is not None and not _has_splits(data_dir):
@@ -561,13 +586,15 @@ def cmd_evaluate(args):
             f"{val_fraction:g} ({origin})"
         )
     else:
-        print(f"scored the {pathlib.Path(ev.folder).name}/ folder of {data_dir}")
+        print(f"scored the {pathlib.Path(ev.folder).name}/ folder of {data_dir}{trained_on}")
     print(ev)
     mistakes = ev.mistakes()
-    if mistakes:
+    if mistakes and args.show_mistakes > 0:
         print(f"worst mistakes ({len(mistakes)} in all):")
         for path, true, pred, p in mistakes[: args.show_mistakes]:
             print(f"  {path}: {pred} ({p:.3f}), true {true}")
+    elif mistakes:  # --show-mistakes 0: the count only
+        print(f"{len(mistakes)} mistake(s)")
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -961,10 +988,10 @@ def build_parser():
     )
     p.add_argument(
         "--show-mistakes",
-        type=int,
+        type=_count,
         default=5,
         metavar="N",
-        help="print the N worst mistakes (default: 5)",
+        help="print the N worst mistakes (default: 5; 0: their number only)",
     )
     p.set_defaults(func=cmd_evaluate)
 

@@ -41,9 +41,7 @@ def test_one_folder_of_classes_is_told_about_val_fraction(toy_data, tmp_path):
     suggests --val-fraction 0.2, and that suggestion works."""
     from d2lft.data.split import class_names
 
-    r = d2lft_cli(
-        "train", "finetune", "--data-dir", toy_data / "train", "--out", tmp_path / "run"
-    )
+    r = d2lft_cli("train", "finetune", "--data-dir", toy_data / "train", "--out", tmp_path / "run")
     assert r.returncode == 2
     assert r.stderr.startswith("d2lft train: error:")
     assert "holds class subfolders of images" in r.stderr
@@ -67,3 +65,114 @@ def test_no_val_fraction_hint_for_folders_without_images(tmp_path):
     with pytest.raises(DataLayoutError) as err:
         find_split_root(tmp_path / "splits")
     assert "holds class subfolders" not in str(err.value)
+
+
+# ---------------------------------------------------------------- one run on a val/ layout
+
+
+@pytest.fixture(scope="module")
+def val_run(tmp_path_factory):
+    """`d2lft train` run from its own folder on `data/` (train/ + val/), given as a
+    relative path; 2 epochs so that the per-epoch lines print."""
+    work = tmp_path_factory.mktemp("work")
+    make_image_folder(work / "data", n_train=6, n_test=4, size=(32, 32))
+    (work / "data" / "test").rename(work / "data" / "val")
+    r = d2lft_cli(
+        "train", "scratch", "--backend", "torch", "--data-dir", "data", "--out", "runs/ants",
+        "--epochs", "2", "--batch-size", "4", "--image-size", "32", cwd=work,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return work, r.stdout
+
+
+def test_val_split_is_called_val_everywhere(val_run):
+    """The per-epoch and closing lines, metrics.json, `d2lft info` and the curve's
+    legend name the split that was evaluated (val/), not "test"."""
+    import json
+
+    import d2lft
+    from d2lft import plot
+
+    work, out = val_run
+    epoch_lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all(", val acc " in ln for ln in epoch_lines), out
+    assert any(ln.startswith("loss ") and ", val acc " in ln for ln in out.splitlines())
+    assert "test acc" not in out
+    metrics = json.loads((work / "runs/ants/metrics.json").read_text())
+    assert "test_acc" not in metrics and len(metrics["held_out_acc"]) == 2
+    assert metrics["config"]["eval_split"] == "val"
+    h = d2lft.History.from_json(work / "runs/ants/metrics.json")
+    assert h.test_acc == metrics["held_out_acc"]  # the Python name stays the book's
+    info = d2lft_cli("info", work / "runs/ants")
+    assert info.returncode == 0 and ", val acc " in info.stdout and "test acc" not in info.stdout
+    fig = plot.plot_history(h)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    plot.close(fig)
+    assert "val" in legend and "test" not in legend
+
+
+def test_old_metrics_json_still_reads(tmp_path):
+    """A metrics.json written before the key was renamed (`test_acc`) still loads."""
+    import json
+
+    import d2lft
+
+    old = {"backend": "torch", "devices": ["cpu"], "train_loss": [0.5], "train_acc": [0.7]}
+    (tmp_path / "m.json").write_text(json.dumps({**old, "test_acc": [0.9]}))
+    h = d2lft.History.from_json(tmp_path / "m.json")
+    assert h.test_acc == [0.9] and str(h).startswith("loss 0.500, train acc 0.700, test acc 0.900")
+
+
+def test_evaluate_scores_the_data_it_was_trained_on(val_run, tmp_path):
+    """`d2lft evaluate --checkpoint runs/ants` without --data-dir, from another folder:
+    the data training used (recorded absolute), not a download of hotdog.zip."""
+    work, _ = val_run
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = d2lft_cli("evaluate", "--checkpoint", work / "runs/ants", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert f"scored the val/ folder of {work / 'data'} (the data " in r.stdout
+    assert "accuracy" in r.stdout and "hotdog.zip" not in r.stdout + r.stderr
+
+
+def test_evaluate_an_old_checkpoint_with_a_relative_data_dir(val_run, tmp_path):
+    """A checkpoint from before `data_source` records only a relative `data_dir`: it is
+    found from the folder it was trained in, and elsewhere the command says so."""
+    import d2lft
+
+    work, _ = val_run
+    ck = d2lft.read_checkpoint(work / "runs/ants")
+    config = {k: v for k, v in ck.config.items() if k != "data_source"}
+    config["data_dir"] = "data"
+    with d2lft.using("torch"):
+        net = d2lft.load_checkpoint(work / "runs/ants")
+        d2lft.save_checkpoint(net, tmp_path / "old", epoch=ck.epoch, config=config)
+    r = d2lft_cli("evaluate", "--checkpoint", tmp_path / "old", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "scored the val/ folder of data (the data " in r.stdout
+    r = d2lft_cli("evaluate", "--checkpoint", tmp_path / "old", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "was trained on data, which is not there (relative to this folder" in r.stderr
+    assert "--data-dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_show_mistakes_0_prints_only_their_number(val_run, tmp_path):
+    """`--show-mistakes 0`: the count of mistakes, no empty list."""
+    import shutil
+
+    work, _ = val_run
+    swapped = tmp_path / "swapped"
+    shutil.copytree(work / "data", swapped)
+    for split in ("train", "val"):  # every label swapped: every right answer is a mistake
+        (swapped / split / "hotdog").rename(swapped / split / "tmp")
+        (swapped / split / "not-hotdog").rename(swapped / split / "hotdog")
+        (swapped / split / "tmp").rename(swapped / split / "not-hotdog")
+    ck = ("--checkpoint", work / "runs/ants", "--data-dir", swapped)
+    r = d2lft_cli("evaluate", *ck, "--show-mistakes", "0")
+    assert r.returncode == 0, r.stderr
+    assert "worst mistakes" not in r.stdout
+    assert any(ln.endswith("mistake(s)") for ln in r.stdout.splitlines()), r.stdout
+    r = d2lft_cli("evaluate", *ck, "--show-mistakes", "2")
+    lines = r.stdout.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("worst mistakes ("))
+    assert all(ln.startswith("  ") and ", true " in ln for ln in lines[i + 1 : i + 3])

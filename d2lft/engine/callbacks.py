@@ -165,7 +165,8 @@ class BookPrinter(Callback):
     """The pipeline chosen and why (``pipeline: fast: ..``, where 'auto' or 'fast'
     chose), a line per epoch (``epoch 2/5: loss .., train acc .., test acc ..``, for
     runs of several epochs) and the book's two closing lines (``loss .., train acc ..,
-    test acc ..`` / ``.. examples/sec on [..]``)."""
+    test acc ..`` / ``.. examples/sec on [..]``); ``test`` is the held-out split's
+    name (``val acc`` for a val/ folder)."""
 
     def __init__(self, stream=None):
         self.stream = stream
@@ -180,7 +181,7 @@ class BookPrinter(Callback):
         if state.num_epochs > 1:
             print(
                 f"epoch {state.epoch + 1}/{state.num_epochs}: loss {h.train_loss[-1]:.3f}, "
-                f"train acc {h.train_acc[-1]:.3f}, test acc {h.test_acc[-1]:.3f}",
+                f"train acc {h.train_acc[-1]:.3f}, {h.eval_split} acc {h.test_acc[-1]:.3f}",
                 file=self.stream or sys.stdout,
                 flush=True,
             )

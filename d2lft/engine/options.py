@@ -369,6 +369,9 @@ class TrainPlan:
     #: the held-out split folder the run is evaluated on ('test', 'val' or 'valid':
     #: the first of them that the data folder has, see `d2lft.data.folders`)
     eval_split: str = "test"
+    #: what the user gave as data_dir (a folder or a .zip), absolute, so that a
+    #: checkpoint's record resolves from any working directory; None: the hotdog data
+    data_source: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -399,6 +402,7 @@ class TrainPlan:
             "image_size": self.image_size,
             "data_dir": str(self.data_dir),
             "eval_split": self.eval_split,
+            "data_source": self.data_source,
             "classes": list(self.classes),
             "loss_reduction": self.loss_reduction,
             "pipeline": self.pipeline.name,
