@@ -176,3 +176,29 @@ def test_show_mistakes_0_prints_only_their_number(val_run, tmp_path):
     lines = r.stdout.splitlines()
     i = next(i for i, ln in enumerate(lines) if ln.startswith("worst mistakes ("))
     assert all(ln.startswith("  ") and ", true " in ln for ln in lines[i + 1 : i + 3])
+
+
+def test_predict_goes_on_past_a_bad_image(val_run, tmp_path):
+    """One unreadable file (named on the command line, or truncated in a folder) is
+    reported with its path and why; the others are predicted; exit status 1. None
+    readable: exit status 2."""
+    work, _ = val_run
+    good = sorted((work / "data" / "val" / "hotdog").glob("*.jpg"))[:2]
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image at all")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    data = good[0].read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    ck = ("--checkpoint", work / "runs/ants")
+    r = d2lft_cli("predict", *ck, good[0], garbage, good[1], folder)
+    assert r.returncode == 1, r.stderr
+    predicted = [ln.split(":")[0] for ln in r.stdout.splitlines()]
+    assert predicted == [str(good[0]), str(good[1])], r.stdout
+    assert f"cannot read image {garbage}: " in r.stderr
+    assert f"cannot read image {folder / 'truncated.jpg'}: " in r.stderr
+    assert "2 of 4 image(s) unreadable" in r.stderr and "exit status 1" in r.stderr
+    assert "data folder" not in r.stderr and "Traceback" not in r.stderr
+    r = d2lft_cli("predict", *ck, garbage)
+    assert r.returncode == 2 and r.stdout == ""
+    assert f"cannot read image {garbage}: " in r.stderr and "none of the images" in r.stderr
