@@ -436,9 +436,12 @@ def train_fine_tuning(
     or pass `seed=` to the builder and here. The two backends scale gradients
     differently (see :func:`equivalent_sgd`).
 
-    `pipeline`: :class:`BookLoop` (the chapter's loop, default), :class:`FastPipeline`
-    (the same computation, faster: docs/speed.md) or :class:`FixedBatches`
-    (deterministic batches both backends see identically: docs/parity.md); freezing
+    `pipeline`: :class:`AutoPipeline` (the default, also None or 'auto': the fast
+    pipeline where its decoded images fit in memory or on disk, else the book's loop;
+    ``History.config['pipeline_choice']`` says which and why), :class:`BookLoop` (the
+    chapter's loop, 'book'), :class:`FastPipeline` (the same computation, faster:
+    docs/speed.md) or :class:`FixedBatches` (deterministic batches both backends see
+    identically: docs/parity.md); freezing
     the backbone (exercise 3) is their `freeze=True`. `run`: a :class:`RunSpec`
     (held-out fraction of one folder of classes, weight decay, printing, checkpoints
     after every epoch, resuming: with the same seed and settings a resumed run ends

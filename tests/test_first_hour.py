@@ -202,3 +202,58 @@ def test_predict_goes_on_past_a_bad_image(val_run, tmp_path):
     r = d2lft_cli("predict", *ck, garbage)
     assert r.returncode == 2 and r.stdout == ""
     assert f"cannot read image {garbage}: " in r.stderr and "none of the images" in r.stderr
+
+
+# ---------------------------------------------------------------- docs
+
+
+def test_train_fine_tuning_docstring_names_the_real_default():
+    import d2lft
+    from d2lft.engine.options import pipeline_from
+
+    default = type(pipeline_from(None)).__name__
+    doc = " ".join(d2lft.train_fine_tuning.__doc__.split())
+    assert f":class:`{default}` (the default" in doc
+    assert "BookLoop` (the chapter's loop, default)" not in doc
+
+
+def test_home_page_and_readme_show_the_same_prediction():
+    readme = (REPO / "README.md").read_text()
+    home = (REPO / "docs" / "index.md").read_text()
+    assert "my-photo.jpg: cat (0.973)" in readme and "my-photo.jpg: cat (0.973)" in home
+    assert "hotdog (0.973)" not in home
+
+
+def test_home_page_code_is_not_cut_off_at_1280_px(tmp_path):
+    """In a real browser 1280 px wide, no code block of the home page scrolls (a cut-off
+    comment), as the issue saw."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no Chromium (apt-get install chromium)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "-q", "-d", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(REPO)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=exe, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto((tmp_path / "site" / "index.html").as_uri())
+            widths = page.eval_on_selector_all(
+                "article pre > code",
+                "els => els.map(e => [e.scrollWidth, e.clientWidth, e.innerText.length])",
+            )
+        finally:
+            browser.close()
+    assert len(widths) >= 2 and all(n > 0 for _, _, n in widths)
+    assert all(scroll <= client for scroll, client, _ in widths), widths

@@ -5,7 +5,8 @@ size, epochs, param_group; data_dir, image_size, devices, seed) plus two option
 objects:
 
 - the **pipeline**, how batches are made and computed, one of
-  :class:`BookLoop` (the chapter's loop, the default), :class:`FastPipeline` (decode
+  :class:`AutoPipeline` (the default: the fast pipeline where it fits, else the
+  book's loop), :class:`BookLoop` (the chapter's loop), :class:`FastPipeline` (decode
   once, crop in batches, bf16, compile) and :class:`FixedBatches` (deterministic
   batches that both backends see identically, for parity checks). Options that
   belong to one pipeline exist only on it, so ``precision`` with the book's loop or
