@@ -117,7 +117,7 @@ def _timed(variant, cmd, env, out):
         "nproc": variant["nproc"],
         "wall_seconds": wall,
         "book_examples_per_sec": h["examples_per_sec"],
-        "test_acc": h["test_acc"],
+        "test_acc": h.get("held_out_acc", h.get("test_acc")),  # older metrics.json: test_acc
         "train_loss": h["train_loss"],
         "world_size": h["config"]["world_size"],
         "devices": h.get("devices"),

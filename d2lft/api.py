@@ -238,6 +238,7 @@ def plan_run(
         pipeline_choice=choice,
         store_on_disk=on_disk,
         eval_split=held_out_split(folder) or "test",
+        data_source=None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),
     )
 
 
@@ -320,8 +321,8 @@ def default_callbacks(plan: TrainPlan) -> list:
     out = [cb.HeapRetention()]
     if plan.rank != 0:
         return out
-    if plan.run.verbose and cb.want_progress():
-        out.append(cb.ProgressBar())
+    if plan.run.verbose and cb.progress_on():  # a bar on a terminal, else epoch lines
+        out.append(cb.ProgressBar(bar=cb.want_progress()))
     if plan.run.verbose and cb.in_notebook():
         out.append(cb.LiveCurve())
     if plan.run.checkpoint_dir is not None:
@@ -438,9 +439,12 @@ def train_fine_tuning(
     or pass `seed=` to the builder and here. The two backends scale gradients
     differently (see :func:`equivalent_sgd`).
 
-    `pipeline`: :class:`BookLoop` (the chapter's loop, default), :class:`FastPipeline`
-    (the same computation, faster: docs/speed.md) or :class:`FixedBatches`
-    (deterministic batches both backends see identically: docs/parity.md); freezing
+    `pipeline`: :class:`AutoPipeline` (the default, also None or 'auto': the fast
+    pipeline where its decoded images fit in memory or on disk, else the book's loop;
+    ``History.config['pipeline_choice']`` says which and why), :class:`BookLoop` (the
+    chapter's loop, 'book'), :class:`FastPipeline` (the same computation, faster:
+    docs/speed.md) or :class:`FixedBatches` (deterministic batches both backends see
+    identically: docs/parity.md); freezing
     the backbone (exercise 3) is their `freeze=True`. `run`: a :class:`RunSpec`
     (held-out fraction of one folder of classes, weight decay, printing, checkpoints
     after every epoch, resuming: with the same seed and settings a resumed run ends

@@ -41,7 +41,7 @@ from ._version import __version__
 from .backends import _registry
 from .data import hub
 from .data.folders import DataLayoutError, find_split_root, held_out, list_images
-from .data.images import BadImageError, load_rgb
+from .data.images import BadImageError, check_image_file, load_rgb
 from .data.split import _class_root, _unzip, class_names, resolve_images
 from .deploy import serve as web
 from .deploy.onnx import export, is_onnx, load_onnx
@@ -55,6 +55,8 @@ from .io.checkpoint import CheckpointError, checkpoint_file, load_checkpoint, re
 from .netinfo import net_info
 
 EXIT_ERROR = 2
+#: `predict`: some images could not be read (each reported), the others were predicted
+EXIT_PARTIAL = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
@@ -187,6 +189,10 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _count(text):
+    return 0 if text.strip() == "0" else _positive_int(text)
 
 
 def _positive_float(text):
@@ -539,11 +545,32 @@ def _has_splits(source) -> bool:
     return True
 
 
+def _trained_on(args, net):
+    """``(data, where it came from)`` for evaluate: --data-dir when given; else the
+    data the checkpoint was trained on (its absolute `data_source`; an older
+    checkpoint's `data_dir`, relative to this folder); else the hotdog data."""
+    if args.data_dir is not None or is_onnx(net) or net_info(net).checkpoint is None:
+        return _data_source(args), ""
+    ck = net_info(net).checkpoint
+    cfg = ck.config
+    recorded = cfg.get("data_source") if "data_source" in cfg else cfg.get("data_dir")
+    if not recorded:  # trained on the chapter's hotdog data
+        return _data_source(args), ""
+    path = pathlib.Path(recorded).expanduser()
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (relative to this folder, {os.getcwd()})"
+        raise FileNotFoundError(
+            f"{ck.path} was trained on {recorded}, which is not there{where}: "
+            f"pass --data-dir with the data to score"
+        )
+    return path, f" (the data {ck.path} was trained on; --data-dir scores other data)"
+
+
 def cmd_evaluate(args):
     if args.out and os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file, not a folder: choose a folder")
     net = _load(args)
-    data_dir = _data_source(args)
+    data_dir, trained_on = _trained_on(args, net)
     split = None if args.split == "all" else args.split
     val_fraction, origin = args.val_fraction, "--val-fraction"
     if val_fraction is None and split is not None and not _has_splits(data_dir):
@@ -563,13 +590,15 @@ def cmd_evaluate(args):
             f"{val_fraction:g} ({origin})"
         )
     else:
-        print(f"scored the {pathlib.Path(ev.folder).name}/ folder of {data_dir}")
+        print(f"scored the {pathlib.Path(ev.folder).name}/ folder of {data_dir}{trained_on}")
     print(ev)
     mistakes = ev.mistakes()
-    if mistakes:
+    if mistakes and args.show_mistakes > 0:
         print(f"worst mistakes ({len(mistakes)} in all):")
         for path, true, pred, p in mistakes[: args.show_mistakes]:
             print(f"  {path}: {pred} ({p:.3f}), true {true}")
+    elif mistakes:  # --show-mistakes 0: the count only
+        print(f"{len(mistakes)} mistake(s)")
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -587,14 +616,14 @@ def cmd_predict(args):
     files = image_files(args.images)
     if not files:
         raise ValueError(f"no image files in {args.images}")
-    preds = predict(net, files, batch_size=args.batch_size)
+    files, preds, bad = _predict_readable(net, files, args.batch_size)
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=2))
     else:
         for p in preds:
             others = ", ".join(f"{c} {q:.3f}" for c, q in p.top(args.top)[1:])
             print(f"{p}" + (f"  [{others}]" if others else ""))
-    if args.out:
+    if args.out and preds:
         plot.close(
             plot.plot_predictions(
                 files[: args.grid],
@@ -604,7 +633,54 @@ def cmd_predict(args):
             )
         )
         print(f"wrote {args.out}")
+    for path, why in bad:
+        print(f"d2lft predict: error: cannot read image {path}: {why}", file=sys.stderr)
+    if bad and not preds:
+        print("d2lft predict: error: none of the images could be read", file=sys.stderr)
+        return EXIT_ERROR
+    if bad:
+        print(
+            f"d2lft predict: {len(bad)} of {len(bad) + len(preds)} image(s) unreadable "
+            f"(listed above); the others were predicted (exit status {EXIT_PARTIAL})",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
     return 0
+
+
+def _predict_readable(net, files, batch_size) -> tuple[list, list, list]:
+    """``(files predicted, their predictions, [(unreadable file, why)])``: one
+    unreadable image does not stop the others. On a failure each file is checked
+    (decoded once); one that passes that check and still fails is predicted alone."""
+    try:
+        return files, predict(net, files, batch_size=batch_size), []
+    except BadImageError:
+        pass
+    good, bad = [], []
+    for f in files:
+        try:
+            check_image_file(f, deep=True)
+        except BadImageError as err:
+            bad.append((f, _why(err)))
+        else:
+            good.append(f)
+    try:
+        return good, (predict(net, good, batch_size=batch_size) if good else []), bad
+    except BadImageError:
+        pass
+    done, preds = [], []
+    for f in good:
+        try:
+            preds += predict(net, [f], batch_size=1)
+            done.append(f)
+        except BadImageError as err:
+            bad.append((f, _why(err)))
+    return done, preds, bad
+
+
+def _why(err: BadImageError) -> str:
+    """What the image library said about an unreadable file."""
+    return str(err.__cause__ or err).strip() or type(err.__cause__).__name__
 
 
 def cmd_show(args):
@@ -752,14 +828,14 @@ def _add_backend(p):
     )
 
 
-def _add_data(p):
+def _add_data(p, default="the chapter's hotdog data"):
     p.add_argument(
         "--data-dir",
         default=None,
         metavar="PATH|ZIP|URL",
         help="train/<class>/ + test/<class>/ (or val/, valid/) folder, a .zip of one, ONE folder "
         "of class subfolders (with --val-fraction), or a URL (with --sha1) "
-        "(default: the chapter's hotdog data)",
+        f"(default: {default})",
     )
     p.add_argument(
         "--sha1",
@@ -934,7 +1010,7 @@ def build_parser():
     p.add_argument(
         "--checkpoint", required=True, help="checkpoint file or --out folder (required)"
     )
-    _add_data(p)
+    _add_data(p, "the data the checkpoint was trained on")
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -963,16 +1039,22 @@ def build_parser():
     )
     p.add_argument(
         "--show-mistakes",
-        type=int,
+        type=_count,
         default=5,
         metavar="N",
-        help="print the N worst mistakes (default: 5)",
+        help="print the N worst mistakes (default: 5; 0: their number only)",
     )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class and probability for each image")
     _add_backend(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (required)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files or folders (required); an unreadable image is reported and the "
+        "others are predicted (exit status 1; 2 when none could be read)",
+    )
     p.add_argument(
         "--checkpoint",
         required=True,

@@ -93,6 +93,13 @@ def _data_name(h) -> str:
     return f"{name} (evaluated on {split}/)" if split else name
 
 
+def _held_out(histories) -> str:
+    """The held-out curves' name in the legend: the split's own ('test', 'val'), or
+    'held-out' when the runs were evaluated on differently named splits."""
+    names = {str(h.config.get("eval_split") or "test") for h in histories}
+    return names.pop() if len(names) == 1 else "held-out"
+
+
 def _epoch_axis(ax, epochs: int) -> None:
     """Whole epochs on the x axis: every epoch up to 12, else MaxNLocator's integers;
     a margin of half an epoch (a 1-epoch run gets one tick, 1)."""
@@ -145,7 +152,7 @@ def plot_history(
     runs = [Line2D([], [], color=f"C{i % 10}", lw=2.5, label=lb) for i, lb in enumerate(labels)]
     styles = [
         Line2D([], [], color="0.35", linestyle="--", marker="o", ms=4, label="train"),
-        Line2D([], [], color="0.35", linestyle="-", marker="s", ms=4, label="test"),
+        Line2D([], [], color="0.35", linestyle="-", marker="s", ms=4, label=_held_out(histories)),
     ]
     handles = runs + styles
     ncol = min(len(handles), 4)

@@ -864,6 +864,177 @@ MUTANTS = {
         ],
         ["tests/test_checkpoint_fields.py", "-k", "val-fraction-abc"],
     ),
+    # issue 23: a new user's first hour (progress, evaluate's data, split names, predict,
+    # layout hint, notebooks, docs)
+    "progress-bar-hidden-on-0x0-tty": (
+        "a terminal that reports no size (a pty under `script`) hides tqdm's bar",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                "            nrows=None if in_notebook() else rows,",
+                "            nrows=None,",
+            )
+        ],
+        ["tests/test_progress.py::test_a_terminal_shows_a_bar_with_rate_and_time_left"],
+    ),
+    "progress-bar-in-logs": (
+        "training draws a tqdm bar (carriage returns) into a log file or pipe",
+        [
+            (
+                "d2lft/api.py",
+                "        out.append(cb.ProgressBar(bar=cb.want_progress()))",
+                "        out.append(cb.ProgressBar(bar=True))",
+            )
+        ],
+        ["tests/test_progress.py::test_a_pipe_gets_one_line_per_epoch"],
+    ),
+    "layout-no-val-fraction-hint": (
+        "one folder of class subfolders is not told about --val-fraction",
+        [
+            (
+                "d2lft/data/folders.py",
+                '        f"(found {found}); {_one_folder_hint(folder, subs)}{EXPECTED_LAYOUT}"',
+                '        f"(found {found}); {EXPECTED_LAYOUT}"',
+            )
+        ],
+        ["tests/test_first_hour.py::test_one_folder_of_classes_is_told_about_val_fraction"],
+    ),
+    "layout-hint-without-images": (
+        "folders without images are told to use --val-fraction",
+        [
+            (
+                "d2lft/data/folders.py",
+                "    if not all(_holds_images(p) for p in subs[:20]):",
+                "    if False:",
+            )
+        ],
+        ["tests/test_first_hour.py::test_no_val_fraction_hint_for_folders_without_images"],
+    ),
+    "evaluate-downloads-hotdog": (
+        "evaluate without --data-dir ignores the data the checkpoint was trained on",
+        [
+            (
+                "d2lft/cli.py",
+                'cfg.get("data_source") if "data_source" in cfg else cfg.get("data_dir")',
+                "None",
+            )
+        ],
+        ["tests/test_first_hour.py::test_evaluate_scores_the_data_it_was_trained_on"],
+    ),
+    "data-source-relative": (
+        "the checkpoint records the data folder as given (relative to the cwd)",
+        [
+            (
+                "d2lft/api.py",
+                "else os.path.abspath(os.path.expanduser(data_dir)),",
+                "else str(data_dir),",
+            )
+        ],
+        ["tests/test_first_hour.py::test_evaluate_scores_the_data_it_was_trained_on"],
+    ),
+    "evaluate-missing-data-unclear": (
+        "an older checkpoint's relative data_dir that is missing is not reported as such",
+        [
+            (
+                "d2lft/cli.py",
+                "    if not path.exists():",
+                "    if False:",
+            )
+        ],
+        ["tests/test_first_hour.py::test_evaluate_an_old_checkpoint_with_a_relative_data_dir"],
+    ),
+    "epoch-line-says-test": (
+        "the per-epoch line says 'test acc' after evaluating val/",
+        [
+            (
+                "d2lft/engine/callbacks.py",
+                '{h.eval_split} acc {h.test_acc[-1]:.3f}",',
+                'test acc {h.test_acc[-1]:.3f}",',
+            )
+        ],
+        ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
+    ),
+    "metrics-json-key-test-acc": (
+        "metrics.json keeps the key test_acc after evaluating val/",
+        [("d2lft/engine/history.py", '        d[HELD_OUT_KEY] = d.pop("test_acc")', "")],
+        ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
+    ),
+    "old-metrics-json-unread": (
+        "a metrics.json with the older key test_acc no longer loads",
+        [
+            (
+                "d2lft/engine/history.py",
+                "        if HELD_OUT_KEY in d:  # metrics.json since issue 23; `test_acc` before",
+                "        if True:",
+            )
+        ],
+        ["tests/test_first_hour.py::test_old_metrics_json_still_reads"],
+    ),
+    "info-says-test": (
+        "`d2lft info` says 'test acc' for a run evaluated on val/",
+        [
+            (
+                "d2lft/io/checkpoint.py",
+                '        acc = f", {h.eval_split} acc {h.test_acc[-1]:.3f}" if h.epochs else ""',
+                '        acc = f", test acc {h.test_acc[-1]:.3f}" if h.epochs else ""',
+            )
+        ],
+        ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
+    ),
+    "legend-says-test": (
+        "the learning curve's legend says 'test' for a run evaluated on val/",
+        [
+            (
+                "d2lft/plot.py",
+                '    return names.pop() if len(names) == 1 else "held-out"',
+                '    return "test"',
+            )
+        ],
+        ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
+    ),
+    "predict-stops-at-a-bad-image": (
+        "one unreadable image stops predict for all",
+        [
+            (
+                "d2lft/cli.py",
+                "    files, preds, bad = _predict_readable(net, files, args.batch_size)",
+                "    preds, bad = predict(net, files, batch_size=args.batch_size), []",
+            )
+        ],
+        ["tests/test_first_hour.py::test_predict_goes_on_past_a_bad_image"],
+    ),
+    "predict-partial-exit-0": (
+        "predict exits 0 although an image could not be read",
+        [("d2lft/cli.py", "        return EXIT_PARTIAL", "        return 0")],
+        ["tests/test_first_hour.py::test_predict_goes_on_past_a_bad_image"],
+    ),
+    "show-mistakes-0-empty-list": (
+        "--show-mistakes 0 prints an empty 'worst mistakes' list",
+        [
+            (
+                "d2lft/cli.py",
+                "    if mistakes and args.show_mistakes > 0:",
+                "    if mistakes:",
+            )
+        ],
+        ["tests/test_first_hour.py::test_show_mistakes_0_prints_only_their_number"],
+    ),
+    "notebook-parameters-untagged": (
+        "the notebooks' parameters cell is not tagged for papermill",
+        [("examples/chapter_torch.ipynb", '     "parameters"', '     "params"')],
+        ["tests/test_notebooks.py::test_the_parameters_cell_is_tagged_for_papermill"],
+    ),
+    "notebook-test-split-only": (
+        "the notebooks read only a test/ split (no val/ layout)",
+        [
+            (
+                "examples/chapter_mxnet.ipynb",
+                '    "test_imgs = d2lft.image_folder(held_out(folder))"',
+                '    "test_imgs = d2lft.image_folder(folder / \\"test\\")"',
+            )
+        ],
+        ["tests/test_notebooks.py::test_notebooks_run_on_tiny_data[mxnet]"],
+    ),
 }
 
 

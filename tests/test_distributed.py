@@ -391,7 +391,7 @@ def test_the_jobs_test_accuracy_is_that_of_the_net_it_saves(backend, close_data,
     out = tmp_path / "job"
     proc = cli(_train_args(backend, close_data, out, "--pipeline", "fixed", "--nproc", "2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    acc = json.loads((out / "metrics.json").read_text())["test_acc"][-1]
+    acc = json.loads((out / "metrics.json").read_text())["held_out_acc"][-1]
     correct, total = _correct_of_saved_net(backend, close_data, out)
     assert total == 120 and acc == correct / total, (acc, correct)
 

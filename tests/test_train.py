@@ -213,7 +213,7 @@ def test_history_json_file(tmp_path):
     path = tmp_path / "h.json"
     h.to_json(path)
     data = json.loads(path.read_text())
-    assert data["train_loss"] == [0.5] and data["test_acc"] == [0.8]
+    assert data["train_loss"] == [0.5] and data["held_out_acc"] == [0.8]
     assert History.from_json(path).summary_lines() == h.summary_lines()
     assert str(h).splitlines() == [
         "loss 0.500, train acc 0.750, test acc 0.800",

@@ -116,7 +116,40 @@ def find_split_root(folder) -> pathlib.Path:
     found = ", ".join(p.name + "/" for p in subs[:6]) or "no subfolders"
     raise DataLayoutError(
         f"{folder} has no train/ folder beside a test/, val/ or valid/ folder "
-        f"(found {found}); {EXPECTED_LAYOUT}"
+        f"(found {found}); {_one_folder_hint(folder, subs)}{EXPECTED_LAYOUT}"
+    )
+
+
+def _holds_images(folder: pathlib.Path, limit: int = 1000) -> bool:
+    """Whether `folder` has an image file among its first `limit` entries."""
+    try:
+        with os.scandir(folder) as it:
+            for i, entry in enumerate(it):
+                if i >= limit:
+                    return False
+                if _is_image_name(entry.name):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _one_folder_hint(folder: pathlib.Path, subs: list) -> str:
+    """What to do when `folder` is one folder of classes (its subfolders, at least two
+    and none of them a split, hold images): split it with val_fraction."""
+    if len(subs) == 1:  # a zip of chairs/ extracts to <dest>/chairs/<class>/
+        inner = [subs[0] / s for s in _subfolders(subs[0])]
+        if len(inner) >= 2:
+            folder, subs = subs[0], inner
+    names = {p.name for p in subs}
+    if len(subs) < 2 or names & {"train", *HELD_OUT_SPLITS}:
+        return ""
+    if not all(_holds_images(p) for p in subs[:20]):
+        return ""
+    return (
+        f"{folder} itself holds class subfolders of images, one folder of classes: to "
+        f"hold out part of each class for evaluation, pass val_fraction=0.2 "
+        f"(CLI: --val-fraction 0.2). Or arrange the images as follows. "
     )
 
 

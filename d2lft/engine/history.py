@@ -9,6 +9,8 @@ import pathlib
 
 from .._sys.atomic import atomic_write_text
 
+#: metrics.json's key of the per-epoch held-out accuracy (the attribute `test_acc`)
+HELD_OUT_KEY = "held_out_acc"
 _FLOAT_FIELDS = ("examples_per_sec", "wall_seconds", "peak_host_mb", "peak_device_mb")
 
 
@@ -51,6 +53,13 @@ class History:
     def epochs(self) -> int:
         return len(self.train_loss)
 
+    @property
+    def eval_split(self) -> str:
+        """The name of the held-out split the run was evaluated on ('test' for the
+        hotdog data, 'val' or 'valid' for such folders): what the printed lines call
+        its accuracy (``val acc``); `test_acc` keeps the book's name in Python."""
+        return str(self.config.get("eval_split") or "test")
+
     def add_epoch(self, train_loss, train_acc, test_acc):
         self.train_loss.append(float(train_loss))
         self.train_acc.append(float(train_acc))
@@ -62,7 +71,7 @@ class History:
             return ["no epoch completed"]
         return [
             f"loss {self.train_loss[-1]:.3f}, train acc {self.train_acc[-1]:.3f}, "
-            f"test acc {self.test_acc[-1]:.3f}",
+            f"{self.eval_split} acc {self.test_acc[-1]:.3f}",
             f"{self.examples_per_sec:.1f} examples/sec on {self.devices_str}"
             if math.isfinite(self.examples_per_sec)
             else f"examples/sec not measured (no training step) on {self.devices_str}",
@@ -76,7 +85,10 @@ class History:
         return "\n".join(self.summary_lines())
 
     def to_dict(self) -> dict:
+        """JSON types; the held-out accuracy is `held_out_acc` (of the split named by
+        ``config['eval_split']``; :meth:`from_dict` also reads the older `test_acc`)."""
         d = dataclasses.asdict(self)
+        d[HELD_OUT_KEY] = d.pop("test_acc")
         d["devices"] = [str(x) for x in self.devices]
         return {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
@@ -90,6 +102,8 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
+        if HELD_OUT_KEY in d:  # metrics.json since issue 23; `test_acc` before
+            d = {**{k: v for k, v in d.items() if k != HELD_OUT_KEY}, "test_acc": d[HELD_OUT_KEY]}
         fields = {f.name for f in dataclasses.fields(cls)}
         d = {
             k: (float("nan") if v is None and k in _FLOAT_FIELDS else v)

@@ -5,7 +5,8 @@ size, epochs, param_group; data_dir, image_size, devices, seed) plus two option
 objects:
 
 - the **pipeline**, how batches are made and computed, one of
-  :class:`BookLoop` (the chapter's loop, the default), :class:`FastPipeline` (decode
+  :class:`AutoPipeline` (the default: the fast pipeline where it fits, else the
+  book's loop), :class:`BookLoop` (the chapter's loop), :class:`FastPipeline` (decode
   once, crop in batches, bf16, compile) and :class:`FixedBatches` (deterministic
   batches that both backends see identically, for parity checks). Options that
   belong to one pipeline exist only on it, so ``precision`` with the book's loop or
@@ -374,6 +375,9 @@ class TrainPlan:
     #: the held-out split folder the run is evaluated on ('test', 'val' or 'valid':
     #: the first of them that the data folder has, see `d2lft.data.folders`)
     eval_split: str = "test"
+    #: what the user gave as data_dir (a folder or a .zip), absolute, so that a
+    #: checkpoint's record resolves from any working directory; None: the hotdog data
+    data_source: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -404,6 +408,7 @@ class TrainPlan:
             "image_size": self.image_size,
             "data_dir": str(self.data_dir),
             "eval_split": self.eval_split,
+            "data_source": self.data_source,
             "classes": list(self.classes),
             "loss_reduction": self.loss_reduction,
             "pipeline": self.pipeline.name,

@@ -91,7 +91,7 @@ class Checkpoint:
 
     def __str__(self):
         h = self.history
-        acc = f", test acc {h.test_acc[-1]:.3f}" if h.epochs else ""
+        acc = f", {h.eval_split} acc {h.test_acc[-1]:.3f}" if h.epochs else ""
         return (
             f"{self.path}: {self.kind} {self.arch} ({self.backend}), epoch {self.epoch}"
             f"{acc}, {len(self.classes or [])} classes {self.classes}, image size "
@@ -337,7 +337,7 @@ def _history_problem(h) -> str:
     if not isinstance(h, dict):
         return f"history is a JSON {type(h).__name__}, not an object"
     lengths = set()
-    for key in ("train_loss", "train_acc", "test_acc"):
+    for key in ("train_loss", "train_acc", "held_out_acc" if "held_out_acc" in h else "test_acc"):
         values = h.get(key, [])
         if not isinstance(values, list) or not all(_is_number(v) for v in values):
             return f"history.{key} is not a list of numbers"
