@@ -405,8 +405,9 @@ def _launch(args):
         argv += ["--backend", backend]
     launcher = _registry.spec(backend).launcher
     timeout = _run_spec(args).dist_timeout
+    log = pathlib.Path(args.out).expanduser() / launch.LOG_NAME
     if launcher == "torchrun":
-        code = launch.torchrun(
+        outcome = launch.torchrun(
             argv,
             nproc,
             nnodes=args.nnodes,
@@ -414,6 +415,7 @@ def _launch(args):
             master_addr=args.master_addr,
             master_port=args.master_port,
             timeout=timeout,
+            log=log,
         )
     elif launcher == "ps-lite":
         if args.nnodes > 1:
@@ -421,16 +423,30 @@ def _launch(args):
                 "--nnodes is for torchrun; an MXNet job across machines is "
                 "started with the DMLC_* variables (docs/distributed.md)"
             )
-        code = launch.ps_lite(argv, nproc, timeout=timeout)
+        outcome = launch.ps_lite(argv, nproc, timeout=timeout, log=log)
     else:
         raise ValueError(f"the {backend} backend has no launcher for --nproc")
-    if code != 0:
-        print(
-            f"d2lft train: error: the {world}-worker job failed (exit status {code}); "
-            f"the last complete checkpoint in {args.out} is kept: continue with --resume",
-            file=sys.stderr,
+    if outcome.code != 0:
+        print(_job_ended(outcome, world, args.out), file=sys.stderr)
+    return outcome.code
+
+
+def _job_ended(outcome, world: int, out) -> str:
+    """The one line that says how a job that did not finish ended."""
+    kept = (
+        f"the last complete checkpoint in {out} is kept: continue with --resume"
+        if checkpoint_file(out).is_file()
+        else "no epoch completed, no checkpoint was written"
+    )
+    if outcome.signal:
+        return (
+            f"d2lft train: the {world}-worker job was interrupted ({outcome.signal_name}); {kept}"
         )
-    return code
+    why = f": {outcome.detail}" if outcome.detail else ""
+    return (
+        f"d2lft train: error: the {world}-worker job failed (exit status {outcome.code}{why}); "
+        f"{kept}; the frameworks' messages are in {outcome.log}"
+    )
 
 
 def cmd_compare(args):
