@@ -10,6 +10,7 @@ Real processes and signals; every process a test starts is killed in a `finally`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -18,9 +19,9 @@ import sys
 import time
 
 import pytest
+from conftest import make_image_folder
 
 import d2lft
-from conftest import make_image_folder
 from d2lft import launch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -62,10 +63,8 @@ def _alive(procs):
 
 def _kill_all(procs):
     for pid in _alive(procs):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 @pytest.fixture(scope="module")
