@@ -120,7 +120,8 @@ class _Job:
     left of the job `grace` seconds later, or at a second signal, is killed: every
     process started from the launcher, torchrun's workers (sessions of their own too)
     included. The processes' stderr goes to the `log` file, and only d2lft's own
-    lines (its errors and warnings, each distinct line once) are shown.
+    lines (its errors and warnings, each distinct line once) are shown; the log is
+    removed when the job succeeds.
     """
 
     def __init__(self, log: os.PathLike | None = None, grace: float = GRACE_SECONDS):
@@ -135,6 +136,7 @@ class _Job:
         self._copiers: list[threading.Thread] = []
         self._old: dict = {}
         self._log = None
+        self.succeeded = False
 
     # -------------------------------------------------------------- lifetime
 
@@ -157,6 +159,9 @@ class _Job:
                 t.join(5.0)
             if self._log is not None:
                 self._log.close()
+                if self.succeeded:  # nothing to look into: --out keeps the run's files only
+                    with contextlib.suppress(OSError):
+                        self.log_path.unlink()
 
     def _on_signal(self, signum, frame) -> None:
         if self.signum is None:
@@ -337,7 +342,8 @@ def torchrun(
             code = proc.poll()
             if code is not None:
                 if code == 0:
-                    return Outcome(0, log=job.log_path)
+                    job.succeeded = True
+                    return Outcome(0)
                 how = f"torchrun exited with status {code}" if code > 0 else ""
                 return job.failed(code, how or f"torchrun was killed by signal {-code}")
             job.remember()  # torchrun's workers, for when torchrun itself is lost
@@ -391,7 +397,8 @@ def ps_lite(
             if all(c == 0 for c in codes):
                 job.grace = timeout
                 job.stop(helpers)
-                return Outcome(0, log=job.log_path)
+                job.succeeded = True
+                return Outcome(0)
             time.sleep(poll)
 
 
