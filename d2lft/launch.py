@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import pathlib
 import signal
@@ -193,8 +194,9 @@ class _Job:
                 line = raw.decode(errors="replace")
                 if line.startswith("d2lft") and line not in self._shown:
                     self._shown.add(line)
-                    sys.stderr.write(line)
-                    sys.stderr.flush()
+                    with contextlib.suppress(OSError, ValueError):  # stderr closed
+                        sys.stderr.write(line)
+                        sys.stderr.flush()
         stream.close()
 
     # -------------------------------------------------------------- stopping
@@ -336,7 +338,7 @@ def torchrun(
     cmd += ["-m", "d2lft", *worker_argv(argv)]
     with _Job(log) as job:
         proc = job.start(cmd, _thread_env(nproc))
-        while True:
+        for step in itertools.count():
             if job.signum is not None:
                 return job.interrupted([proc])
             code = proc.poll()
@@ -346,7 +348,8 @@ def torchrun(
                     return Outcome(0)
                 how = f"torchrun exited with status {code}" if code > 0 else ""
                 return job.failed(code, how or f"torchrun was killed by signal {-code}")
-            job.remember()  # torchrun's workers, for when torchrun itself is lost
+            if step % 10 == 0:  # torchrun's workers, for when torchrun itself is lost
+                job.remember()
             time.sleep(poll)
 
 
