@@ -138,11 +138,13 @@ class _Job:
         self._old: dict = {}
         self._log = None
         self.succeeded = False
+        self._made = False
 
     # -------------------------------------------------------------- lifetime
 
     def __enter__(self) -> _Job:
         if self.log_path is not None:
+            self._made = not self.log_path.parent.exists()
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in __exit__)
         if threading.current_thread() is threading.main_thread():
@@ -163,6 +165,8 @@ class _Job:
                 if self.succeeded:  # nothing to look into: --out keeps the run's files only
                     with contextlib.suppress(OSError):
                         self.log_path.unlink()
+                        if self._made:  # a folder made for the log alone (another node's)
+                            self.log_path.parent.rmdir()
 
     def _on_signal(self, signum, frame) -> None:
         if self.signum is None:
