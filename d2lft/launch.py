@@ -45,7 +45,9 @@ LAUNCH_FLAGS = {
 #: before what is left of it is killed
 GRACE_SECONDS = 10.0
 #: the signals that stop a job when the launcher gets them
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 EXIT_INTERRUPTED = 130
 #: where, in the run's --out, the frameworks' messages (torchrun, gloo, ps-lite, the
 #: workers' stderr) are kept
