@@ -24,6 +24,7 @@ status 2); Ctrl-C (or SIGTERM) during training keeps what was done (exit status 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,11 +33,13 @@ import pathlib
 import re
 import sys
 import typing
+import warnings
 
 import numpy as np
 
 from . import api, cli_guard, launch, plot
 from ._sys.atomic import atomic_write_text
+from ._sys.errors import not_a_file, param_of
 from ._version import __version__
 from .backends import _registry
 from .data import hub
@@ -229,7 +232,11 @@ def _data_source(args):
                 f"archive's SHA-1 so that the download can be checked"
             )
         return hub.fetch(args.data_dir, args.sha1)
-    return pathlib.Path(args.data_dir).expanduser()
+    path = pathlib.Path(args.data_dir).expanduser()
+    why = os.path.exists(path) and not path.is_dir() and not_a_file(path)
+    if why:  # a FIFO or a device: never opened
+        raise ValueError(f"--data-dir {path} is {why}; pass a folder or a .zip archive of one")
+    return path
 
 
 def _pretrained(text):
@@ -238,9 +245,10 @@ def _pretrained(text):
     if text.lower() == "none":
         return False
     path = pathlib.Path(text).expanduser()
-    if not path.is_file():
+    why = not_a_file(path)
+    if why:
         raise FileNotFoundError(
-            f"--pretrained {text}: no such file (use a weights file, 'imagenet' or 'none')"
+            f"--pretrained {text}: {why} (use a weights file, 'imagenet' or 'none')"
         )
     return path
 
@@ -411,8 +419,9 @@ def _launch(args):
         argv += ["--backend", backend]
     launcher = _registry.spec(backend).launcher
     timeout = _run_spec(args).dist_timeout
+    log = pathlib.Path(args.out).expanduser() / launch.LOG_NAME
     if launcher == "torchrun":
-        code = launch.torchrun(
+        outcome = launch.torchrun(
             argv,
             nproc,
             nnodes=args.nnodes,
@@ -420,6 +429,7 @@ def _launch(args):
             master_addr=args.master_addr,
             master_port=args.master_port,
             timeout=timeout,
+            log=log,
         )
     elif launcher == "ps-lite":
         if args.nnodes > 1:
@@ -427,16 +437,30 @@ def _launch(args):
                 "--nnodes is for torchrun; an MXNet job across machines is "
                 "started with the DMLC_* variables (docs/distributed.md)"
             )
-        code = launch.ps_lite(argv, nproc, timeout=timeout)
+        outcome = launch.ps_lite(argv, nproc, timeout=timeout, log=log)
     else:
         raise ValueError(f"the {backend} backend has no launcher for --nproc")
-    if code != 0:
-        print(
-            f"d2lft train: error: the {world}-worker job failed (exit status {code}); "
-            f"the last complete checkpoint in {args.out} is kept: continue with --resume",
-            file=sys.stderr,
+    if outcome.code != 0:
+        print(_job_ended(outcome, world, args.out), file=sys.stderr)
+    return outcome.code
+
+
+def _job_ended(outcome, world: int, out) -> str:
+    """The one line that says how a job that did not finish ended."""
+    kept = (
+        f"the last complete checkpoint in {out} is kept: continue with --resume"
+        if checkpoint_file(out).is_file()
+        else "no epoch completed, no checkpoint was written"
+    )
+    if outcome.signal:
+        return (
+            f"d2lft train: the {world}-worker job was interrupted ({outcome.signal_name}); {kept}"
         )
-    return code
+    why = f": {outcome.detail}" if outcome.detail else ""
+    return (
+        f"d2lft train: error: the {world}-worker job failed (exit status {outcome.code}{why}); "
+        f"{kept}; the frameworks' messages are in {outcome.log}"
+    )
 
 
 def cmd_compare(args):
@@ -1091,6 +1115,8 @@ def build_parser():
     )
     p.set_defaults(func=cmd_info)
     _add_deploy_commands(sub)
+    for command in sub.choices.values():  # errors name the flags of their own command
+        command.set_defaults(_parser=command)
     return parser
 
 
@@ -1132,7 +1158,6 @@ CLI_WORDS = [
     (_ARG + r"(precision|decode_cache|augment)='(\w+)'", r"--\1 \2"),
     (_ARG + r"num_epochs=", "--epochs "),
     (_ARG + r"learning_rate=", "--lr "),
-    (_ARG + r"checkpoint_dir=", "--out "),
     (
         _ARG + r"(val_fraction|image_size|batch_size|data_dir|seed|weight_decay|feature_passes|"
         r"workers|sha1)=",
@@ -1151,11 +1176,60 @@ def cli_words(text: str) -> str:
     return re.sub(r"--([a-z]+(?:_[a-z]+)+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
+def _flag_of(param: str | None, args) -> str | None:
+    """The flag of the command `args` ran that sets the library parameter `param`:
+    the option field's own ``flag`` metadata, else the flag whose dest is `param`."""
+    if param is None:
+        return None
+    actions = getattr(getattr(args, "_parser", None), "_actions", ())
+    flags = {s for a in actions for s in a.option_strings}
+    for cls in (*PIPELINES.values(), RunSpec):
+        field = {f.name: f for f in dataclasses.fields(cls)}.get(param)
+        if field is not None and field.metadata.get("flag") in flags:
+            return field.metadata["flag"]
+    own = [max(a.option_strings, key=len, default="") for a in actions if a.dest == param]
+    return own[0] if own and own[0] else None
+
+
+def _error_line(err: BaseException, args) -> str:
+    """The one line for an error: one that names its parameter gets that parameter's
+    flag in front; the others say the library's words as the command's."""
+    text = cli_guard.describe(err, args)
+    param = param_of(err)
+    if param is None:
+        return cli_words(text)
+    flag = _flag_of(param, args)
+    return f"{flag}: {text}" if flag else text
+
+
+def _show_warning(command: str):
+    """A `warnings.showwarning` that prints a warning as the command's own one line
+    (d2lft's source line is no help to the user; another package's is named)."""
+    own = os.path.dirname(os.path.abspath(__file__))
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if not os.path.abspath(filename).startswith(own + os.sep):
+            text += f" ({category.__name__} from {os.path.basename(filename)}:{lineno})"
+        with contextlib.suppress(OSError, ValueError):  # no stderr to write to
+            print(f"d2lft {command}: warning: {text}", file=file or sys.stderr, flush=True)
+
+    return show
+
+
 def main(argv=None):
     cli_guard.guard_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs
+    shown, warnings.showwarning = warnings.showwarning, _show_warning(args.command)
+    try:
+        return _main(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(args):
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe fails here, not in Python's exit
@@ -1175,10 +1249,7 @@ def main(argv=None):
     ) as err:
         if os.environ.get("D2LFT_DEBUG"):
             raise
-        print(
-            f"d2lft {args.command}: error: {cli_words(cli_guard.describe(err, args))}",
-            file=sys.stderr,
-        )
+        print(f"d2lft {args.command}: error: {_error_line(err, args)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"d2lft {args.command}: interrupted", file=sys.stderr)

@@ -1035,6 +1035,97 @@ MUTANTS = {
         ],
         ["tests/test_notebooks.py::test_notebooks_run_on_tiny_data[mxnet]"],
     ),
+    # issue 23: the launcher's signals and the messages that say the right thing
+    "launcher-signals-not-relayed": (
+        "SIGTERM to the launcher of --nproc kills it at once; the job goes on training",
+        [
+            (
+                "d2lft/launch.py",
+                "self._old[sig] = signal.signal(sig, self._on_signal)",
+                "self._old[sig] = signal.getsignal(sig)",
+            )
+        ],
+        [
+            "tests/test_launcher_signals.py::"
+            "test_a_signal_to_the_launcher_stops_the_whole_job[torch-SIGTERM]"
+        ],
+    ),
+    "launcher-no-kill-after-grace": (
+        "what ignores the relayed signal is never killed: the launcher waits for ever",
+        [("d2lft/launch.py", "os.kill(pid, signal.SIGKILL)", "os.kill(pid, 0)")],
+        [
+            "tests/test_launcher_signals.py::"
+            "test_what_ignores_the_signal_is_killed_after_the_grace_period"
+        ],
+    ),
+    "launcher-loses-grandchildren": (
+        "processes in sessions of their own (torchrun's workers) are not tracked",
+        [("d2lft/launch.py", "self.family.update(_descendants(p.pid))", "pass")],
+        [
+            "tests/test_launcher_signals.py::"
+            "test_what_ignores_the_signal_is_killed_after_the_grace_period"
+        ],
+    ),
+    "launcher-shows-framework-stderr": (
+        "the frameworks' tracebacks are shown again, before d2lft's line",
+        [
+            (
+                "d2lft/launch.py",
+                'if line.startswith("d2lft") and line not in self._shown:',
+                "if line not in self._shown:",
+            )
+        ],
+        [
+            "tests/test_launcher_signals.py::"
+            "test_what_ignores_the_signal_is_killed_after_the_grace_period"
+        ],
+    ),
+    "launcher-interrupt-said-failed": (
+        "a signalled job is reported as 'the 2-worker job failed (exit status 130)'",
+        [("d2lft/cli.py", "    if outcome.signal:", "    if False:")],
+        [
+            "tests/test_launcher_signals.py::"
+            "test_a_signal_to_the_launcher_stops_the_whole_job[mxnet-SIGINT]"
+        ],
+    ),
+    "cli-error-no-flag": (
+        "a library error's parameter is not named by its flag (serve --checkpoint)",
+        [("d2lft/cli.py", 'return f"{flag}: {text}" if flag else text', "return text")],
+        ["tests/test_messages.py", "-k", "missing_checkpoint"],
+    ),
+    "fifo-said-missing": (
+        "a FIFO given as a file is reported as 'no such file'",
+        [
+            (
+                "d2lft/_sys/errors.py",
+                'return f"not a regular file but {kind}"',
+                'return "no such file"',
+            )
+        ],
+        ["tests/test_messages.py", "-k", "fifos"],
+    ),
+    "atomic-names-temp-file": (
+        "a write onto a folder (export --out dir.onnx) names the temporary file",
+        [
+            (
+                "d2lft/_sys/atomic.py",
+                "if err.errno is None or err.filename not in (None, os.fspath(tmp)):",
+                "if err.errno is None or err.filename is not None:",
+            )
+        ],
+        ["tests/test_messages.py", "-k", "write_onto_a_folder"],
+    ),
+    "warnings-show-source": (
+        "warnings show d2lft's file, line and source code",
+        [
+            (
+                "d2lft/cli.py",
+                "shown, warnings.showwarning = warnings.showwarning, _show_warning(args.command)",
+                "shown = warnings.showwarning",
+            )
+        ],
+        ["tests/test_messages.py", "-k", "warnings"],
+    ),
 }
 
 

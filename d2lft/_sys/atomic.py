@@ -94,8 +94,8 @@ def atomic_path(path):
                 os.fsync(f.fileno())
             os.chmod(tmp, _mode_for(path))
             os.replace(tmp, path)
-        except OSError as err:  # a full disk: say which file could not be written
-            if err.errno is None or err.filename is not None:
+        except OSError as err:  # a full disk, a folder in the way: name the file asked for
+            if err.errno is None or err.filename not in (None, os.fspath(tmp)):
                 raise
             raise type(err)(err.errno, err.strerror, os.fspath(path)) from err
     finally:

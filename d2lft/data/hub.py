@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 
 from .._sys.atomic import set_default_mode
 from .._sys.env import MAX_MB, MAX_SECONDS, env_number
+from .._sys.errors import not_a_file
 from .._sys.locks import locked, reclaim, short_base, temp_name
 from .folders import EXPECTED_LAYOUT, DataLayoutError, check_splits, find_split_root
 
@@ -847,6 +848,10 @@ def resolve_data_dir(data_dir, min_classes=2) -> pathlib.Path:
         raise DataLayoutError(
             f"{path} does not exist; pass a folder or a .zip archive with "
             f"this layout. {EXPECTED_LAYOUT}"
+        )
+    if not path.is_dir() and not_a_file(path):  # a FIFO, a device: never opened
+        raise DataLayoutError(
+            f"{path} is {not_a_file(path)}; pass a folder or a .zip archive of one"
         )
     if path.is_file():
         if path.suffix.lower() != ".zip" and not zipfile.is_zipfile(path):

@@ -26,6 +26,7 @@ import shutil
 import zipfile
 
 from .._sys.atomic import set_default_mode
+from .._sys.errors import not_a_file
 from .._sys.locks import locked, reclaim, short_base, temp_name
 from .folders import (
     EXPECTED_LAYOUT,
@@ -256,6 +257,11 @@ def resolve_images(data_dir, val_fraction=None, *, seed=0) -> pathlib.Path:
         raise DataLayoutError(
             f"{path} does not exist; with val_fraction pass a folder (or a "
             f".zip) of class subfolders: <folder>/<class>/*.jpg"
+        )
+    if not path.is_dir() and not_a_file(path):  # a FIFO, a device: never opened
+        raise DataLayoutError(
+            f"{path} is {not_a_file(path)}; with val_fraction pass a folder (or a .zip) "
+            f"of class subfolders"
         )
     if path.is_file():
         if not zipfile.is_zipfile(path):

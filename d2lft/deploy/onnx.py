@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._sys.atomic import atomic_path
+from .._sys.errors import naming, not_a_file
 from .._version import __version__
 from ..backends import _registry
 from ..data.folders import list_images
@@ -275,8 +276,12 @@ def load_onnx(path: str | os.PathLike) -> OnnxModel:
     if isinstance(path, OnnxModel):
         return path
     target = pathlib.Path(path).expanduser()
-    if not target.is_file():
-        raise FileNotFoundError(f"no ONNX model at {target}: export one with d2lft export")
+    why = not_a_file(target)
+    if why:
+        raise naming(
+            FileNotFoundError(f"no ONNX model at {target}: {why}; export one with d2lft export"),
+            "checkpoint",
+        )
     ort = _import("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only

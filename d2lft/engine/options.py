@@ -251,7 +251,7 @@ class RunSpec:
     )
     verbose: bool = option(True, "print the book's lines", cli=False)
     checkpoint_dir: str | None = option(
-        None, "write a checkpoint there after every epoch", cli=False
+        None, "write a checkpoint there after every epoch", cli=False, flag="--out"
     )
     resume: str | bool | None = option(None, "a checkpoint to continue from", cli=False)
     dist_timeout: float = option(

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._sys.errors import naming, not_a_file
 from ..backends import _registry
 from ..netinfo import net_info
 
@@ -28,10 +29,14 @@ def read_class_names(source) -> list:
     lines and lines starting with '#' are skipped), e.g. food100-classes.txt."""
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"class names file {path} does not exist (expected one "
-                f"class name per line, in the source model's output order)"
+        why = not_a_file(path)
+        if why:
+            raise naming(
+                FileNotFoundError(
+                    f"class names file {path}: {why} (expected a text file with one "
+                    f"class name per line, in the source model's output order)"
+                ),
+                "source_classes",
             )
         names = [line.strip() for line in path.read_text().splitlines()]
         return [n for n in names if n and not n.startswith("#")]

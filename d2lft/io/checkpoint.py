@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from .._sys.errors import naming, not_a_file
 from .._version import __version__
 from ..backends import _registry
 from ..data.images import MEAN, STD, test_resize
@@ -221,10 +222,14 @@ def read_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> Checkpoi
     """Read a checkpoint (a file, or a folder holding `checkpoint.safetensors`) and
     check its contents against the recorded hash (CheckpointError when they differ)."""
     target = checkpoint_file(path)
-    if not target.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {target}: pass a checkpoint file or the "
-            f"folder that holds {FILE_NAME} (checkpoint_dir= or --out)"
+    why = not_a_file(target)
+    if why:
+        raise naming(
+            FileNotFoundError(
+                f"no checkpoint at {target}: {why}; pass a checkpoint file, or the folder "
+                f"of a run that holds its {FILE_NAME}"
+            ),
+            "checkpoint",
         )
     try:
         arrays, meta = read_params(target)

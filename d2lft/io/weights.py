@@ -54,6 +54,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from .._sys.atomic import atomic_write_bytes
+from .._sys.errors import not_a_file
 from .._version import __version__
 from ..backends import _registry
 from ..netinfo import net_info
@@ -228,8 +229,10 @@ def read_params(path: str | os.PathLike) -> tuple[dict, dict]:
     MXNet), whatever the file's suffix.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"parameter file {path} does not exist")
+    why = not_a_file(path)
+    if why:
+        why = "does not exist" if why == "no such file" else f"is {why}"
+        raise FileNotFoundError(f"parameter file {path} {why}")
     kind = _sniff(path)
     if kind == "safetensors":
         try:
