@@ -706,7 +706,7 @@ MUTANTS = {
     ),
     "issue22-cli-error-exit-1": (
         "d2lft's explained errors exit 1 instead of 2",
-        [("d2lft/cli.py", "main", "return EXIT_ERROR", "return 1")],
+        [("d2lft/cli.py", "_main", "return EXIT_ERROR", "return 1")],
         ["tests/test_cli_exit.py", "-k", "bad_data and missing"],
     ),
     # issue 23: files from elsewhere (ONNX metadata, checkpoints, downloads, archives,
@@ -716,15 +716,23 @@ MUTANTS = {
         [
             (
                 "d2lft/data/hub.py",
-                "        if now - self.start > self.deadline:",
-                "        if False:",
+                "_Watchdog._limit_passed",
+                "if now - self.start > self.deadline:",
+                "if False:",
             )
         ],
         ["tests/test_downloads.py::test_trickled_headers_meet_the_whole_request_deadline"],
     ),
     "dl-no-speed-limit": (
         "downloads: the low-speed limit is never checked",
-        [("d2lft/data/hub.py", "        if self.speed_limit > 0:", "        if False:")],
+        [
+            (
+                "d2lft/data/hub.py",
+                "_Watchdog._limit_passed",
+                "if self.speed_limit > 0:",
+                "if False:",
+            )
+        ],
         ["tests/test_downloads.py::test_trickled_body_meets_the_low_speed_limit"],
     ),
     "dl-watchdog-no-shutdown": (
@@ -732,20 +740,21 @@ MUTANTS = {
         [
             (
                 "d2lft/data/hub.py",
-                "                sock.shutdown(socket.SHUT_RDWR)",
-                "                sock.fileno()",
+                "_Watchdog._shut",
+                "sock.shutdown(socket.SHUT_RDWR)",
+                "sock.fileno()",
             )
         ],
         ["tests/test_downloads.py::test_trickled_headers_meet_the_whole_request_deadline"],
     ),
     "dl-watch-no-dup": (
         "downloads: the watchdog holds the socket TLS detaches, so HTTPS is never shut",
-        [("d2lft/data/hub.py", "        dup = sock.dup()", "        dup = sock")],
+        [("d2lft/data/hub.py", "_Watchdog.watch", "dup = sock.dup()", "dup = sock")],
         ["tests/test_downloads.py::test_the_deadline_ends_a_tls_download_too"],
     ),
     "zip-no-entry-limit": (
         "archives: the number of entries is not bounded (60,000 empty files extracted)",
-        [("d2lft/data/hub.py", "    if len(infos) > most:", "    if False:")],
+        [("d2lft/data/hub.py", "_extract_limits", "if len(infos) > most:", "if False:")],
         ["tests/test_downloads.py::test_zip_of_60000_empty_entries_is_refused"],
     ),
     "zip-check-fewer-classes": (
@@ -753,8 +762,9 @@ MUTANTS = {
         [
             (
                 "d2lft/data/hub.py",
-                "check=functools.partial(check_splits, min_classes=2)",
-                "check=check_splits",
+                "download_hotdog",
+                "archive, extracted, marker=sha1, check=functools.partial(check_splits, min_classes=2)",
+                "archive, extracted, marker=sha1, check=check_splits",
             )
         ],
         ["tests/test_downloads.py::test_a_refused_layout_leaves_no_extraction_in_the_cache"],
@@ -764,8 +774,9 @@ MUTANTS = {
         [
             (
                 "d2lft/data/hub.py",
-                "        aside = set_aside(target, found)",
-                "        aside = target.unlink() or target",
+                "_fetch_locked",
+                "aside = set_aside(target, found)",
+                "aside = target.unlink() or target",
             )
         ],
         [
@@ -777,8 +788,9 @@ MUTANTS = {
         [
             (
                 "d2lft/data/hub.py",
-                "    return download_hotdog(**(_last_source or {}))",
-                "    return download_hotdog()",
+                "default_data",
+                "return download_hotdog(**(_last_source or {}))",
+                "return download_hotdog()",
             )
         ],
         ["tests/test_downloads.py::test_load_hotdog_then_train_trains_on_the_loaded_data"],
@@ -788,8 +800,9 @@ MUTANTS = {
         [
             (
                 "d2lft/_sys/env.py",
-                "    if not finite or not above or value > high:",
-                "    if not finite or not above:",
+                "env_number",
+                "if not finite or not above or value > high:",
+                "if not finite or not above:",
             )
         ],
         ["tests/test_env_limits.py", "-k", "1e308"],
@@ -799,15 +812,16 @@ MUTANTS = {
         [
             (
                 "d2lft/deploy/onnx.py",
-                "    if len(given_out) != 2 or given_out[1] != n:",
-                "    if False:",
+                "_check_graph",
+                "if len(given_out) != 2 or given_out[1] != n:",
+                "if False:",
             )
         ],
         ["tests/test_onnx_metadata.py", "-k", "3-outputs-2-classes"],
     ),
     "onnx-empty-classes": (
         "ONNX: an empty class list is taken",
-        [("d2lft/deploy/onnx.py", "        or not classes", "        or False")],
+        [("d2lft/deploy/onnx.py", "_checked_metadata", "or not classes", "or False")],
         ["tests/test_onnx_metadata.py", "-k", "classes-empty"],
     ),
     "onnx-image-size-type": (
@@ -815,8 +829,9 @@ MUTANTS = {
         [
             (
                 "d2lft/deploy/onnx.py",
-                "    if not _is_int(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:",
-                "    if False:",
+                "_checked_metadata",
+                "if not _is_int(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:",
+                "if False:",
             )
         ],
         ["tests/test_onnx_metadata.py", "-k", "image-size-a-string"],
@@ -826,20 +841,35 @@ MUTANTS = {
         [
             (
                 "d2lft/deploy/onnx.py",
-                "        if want is not None and _is_int(got) and got != want:",
-                "        if False:",
+                "_check_graph",
+                "if want is not None and _is_int(got) and got != want:",
+                "if False:",
             )
         ],
         ["tests/test_onnx_metadata.py", "-k", "image-size-disagrees"],
     ),
     "onnx-metadata-not-object": (
         "ONNX: d2lft metadata that is not a JSON object is taken (AttributeError)",
-        [("d2lft/deploy/onnx.py", "    if not isinstance(info, dict):", "    if False:")],
+        [
+            (
+                "d2lft/deploy/onnx.py",
+                "_checked_metadata",
+                "if not isinstance(info, dict):",
+                "if False:",
+            )
+        ],
         ["tests/test_onnx_metadata.py", "-k", "metadata-not-an-object"],
     ),
     "onnx-format-version-type": (
         "ONNX: a format_version of the wrong type is compared (TypeError)",
-        [("d2lft/deploy/onnx.py", "    if not _is_int(version) or version < 1:", "    if False:")],
+        [
+            (
+                "d2lft/deploy/onnx.py",
+                "_checked_metadata",
+                "if not _is_int(version) or version < 1:",
+                "if False:",
+            )
+        ],
         ["tests/test_onnx_metadata.py", "-k", "format-version-a-string"],
     ),
     "ckpt-any-backend-name": (
@@ -847,8 +877,9 @@ MUTANTS = {
         [
             (
                 "d2lft/io/checkpoint.py",
-                '    if info.get("backend") not in _registry.names():',
-                '    if not isinstance(info.get("backend"), str):',
+                "_metadata_problem",
+                'if info.get("backend") not in _registry.names():',
+                'if not isinstance(info.get("backend"), str):',
             )
         ],
         ["tests/test_checkpoint_fields.py", "-k", "tensorflow"],
@@ -858,8 +889,9 @@ MUTANTS = {
         [
             (
                 "d2lft/io/checkpoint.py",
-                "    if fraction is not None and not (_is_number(fraction) and 0 < fraction < 1):",
-                "    if False:",
+                "_config_problem",
+                "if fraction is not None and not (_is_number(fraction) and 0 < fraction < 1):",
+                "if False:",
             )
         ],
         ["tests/test_checkpoint_fields.py", "-k", "val-fraction-abc"],
@@ -871,8 +903,9 @@ MUTANTS = {
         [
             (
                 "d2lft/engine/callbacks.py",
-                "            nrows=None if in_notebook() else rows,",
-                "            nrows=None,",
+                "ProgressBar._open",
+                "nrows=None if in_notebook() else rows,",
+                "nrows=None,",
             )
         ],
         ["tests/test_progress.py::test_a_terminal_shows_a_bar_with_rate_and_time_left"],
@@ -882,8 +915,9 @@ MUTANTS = {
         [
             (
                 "d2lft/api.py",
-                "        out.append(cb.ProgressBar(bar=cb.want_progress()))",
-                "        out.append(cb.ProgressBar(bar=True))",
+                "default_callbacks",
+                "out.append(cb.ProgressBar(bar=cb.want_progress()))",
+                "out.append(cb.ProgressBar(bar=True))",
             )
         ],
         ["tests/test_progress.py::test_a_pipe_gets_one_line_per_epoch"],
@@ -893,8 +927,9 @@ MUTANTS = {
         [
             (
                 "d2lft/data/folders.py",
-                '        f"(found {found}); {_one_folder_hint(folder, subs)}{EXPECTED_LAYOUT}"',
-                '        f"(found {found}); {EXPECTED_LAYOUT}"',
+                "find_split_root",
+                'f"(found {found}); {_one_folder_hint(folder, subs)}{EXPECTED_LAYOUT}"',
+                'f"(found {found}); {EXPECTED_LAYOUT}"',
             )
         ],
         ["tests/test_first_hour.py::test_one_folder_of_classes_is_told_about_val_fraction"],
@@ -904,8 +939,9 @@ MUTANTS = {
         [
             (
                 "d2lft/data/folders.py",
-                "    if not all(_holds_images(p) for p in subs[:20]):",
-                "    if False:",
+                "_one_folder_hint",
+                "if not all(_holds_images(p) for p in subs[:20]):",
+                "if False:",
             )
         ],
         ["tests/test_first_hour.py::test_no_val_fraction_hint_for_folders_without_images"],
@@ -915,8 +951,9 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
-                'cfg.get("data_source") if "data_source" in cfg else cfg.get("data_dir")',
-                "None",
+                "_trained_on",
+                'recorded = cfg.get("data_source") if "data_source" in cfg else cfg.get("data_dir")',
+                "recorded = None",
             )
         ],
         ["tests/test_first_hour.py::test_evaluate_scores_the_data_it_was_trained_on"],
@@ -926,21 +963,16 @@ MUTANTS = {
         [
             (
                 "d2lft/api.py",
-                "else os.path.abspath(os.path.expanduser(data_dir)),",
-                "else str(data_dir),",
+                "plan_run",
+                "data_source=None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),",
+                "data_source=None if data_dir is None else str(data_dir),",
             )
         ],
         ["tests/test_first_hour.py::test_evaluate_scores_the_data_it_was_trained_on"],
     ),
     "evaluate-missing-data-unclear": (
         "an older checkpoint's relative data_dir that is missing is not reported as such",
-        [
-            (
-                "d2lft/cli.py",
-                "    if not path.exists():",
-                "    if False:",
-            )
-        ],
+        [("d2lft/cli.py", "_trained_on", "if not path.exists():", "if False:")],
         ["tests/test_first_hour.py::test_evaluate_an_old_checkpoint_with_a_relative_data_dir"],
     ),
     "epoch-line-says-test": (
@@ -948,15 +980,23 @@ MUTANTS = {
         [
             (
                 "d2lft/engine/callbacks.py",
-                '{h.eval_split} acc {h.test_acc[-1]:.3f}",',
-                'test acc {h.test_acc[-1]:.3f}",',
+                "BookPrinter.on_epoch_end",
+                'f"train acc {h.train_acc[-1]:.3f}, {h.eval_split} acc {h.test_acc[-1]:.3f}",',
+                'f"train acc {h.train_acc[-1]:.3f}, test acc {h.test_acc[-1]:.3f}",',
             )
         ],
         ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
     ),
     "metrics-json-key-test-acc": (
         "metrics.json keeps the key test_acc after evaluating val/",
-        [("d2lft/engine/history.py", '        d[HELD_OUT_KEY] = d.pop("test_acc")', "")],
+        [
+            (
+                "d2lft/engine/history.py",
+                "History.to_dict",
+                'd[HELD_OUT_KEY] = d.pop("test_acc")',
+                "pass",
+            )
+        ],
         ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
     ),
     "old-metrics-json-unread": (
@@ -964,8 +1004,9 @@ MUTANTS = {
         [
             (
                 "d2lft/engine/history.py",
-                "        if HELD_OUT_KEY in d:  # metrics.json since issue 23; `test_acc` before",
-                "        if True:",
+                "History.from_dict",
+                "if HELD_OUT_KEY in d:  # metrics.json since issue 23; `test_acc` before",
+                "if True:",
             )
         ],
         ["tests/test_first_hour.py::test_old_metrics_json_still_reads"],
@@ -975,8 +1016,9 @@ MUTANTS = {
         [
             (
                 "d2lft/io/checkpoint.py",
-                '        acc = f", {h.eval_split} acc {h.test_acc[-1]:.3f}" if h.epochs else ""',
-                '        acc = f", test acc {h.test_acc[-1]:.3f}" if h.epochs else ""',
+                "Checkpoint.__str__",
+                'acc = f", {h.eval_split} acc {h.test_acc[-1]:.3f}" if h.epochs else ""',
+                'acc = f", test acc {h.test_acc[-1]:.3f}" if h.epochs else ""',
             )
         ],
         ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
@@ -986,8 +1028,9 @@ MUTANTS = {
         [
             (
                 "d2lft/plot.py",
-                '    return names.pop() if len(names) == 1 else "held-out"',
-                '    return "test"',
+                "_held_out",
+                'return names.pop() if len(names) == 1 else "held-out"',
+                'return "test"',
             )
         ],
         ["tests/test_first_hour.py::test_val_split_is_called_val_everywhere"],
@@ -997,15 +1040,16 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
-                "    files, preds, bad = _predict_readable(net, files, args.batch_size)",
-                "    preds, bad = predict(net, files, batch_size=args.batch_size), []",
+                "cmd_predict",
+                "files, preds, bad = _predict_readable(net, files, args.batch_size)",
+                "preds, bad = predict(net, files, batch_size=args.batch_size), []",
             )
         ],
         ["tests/test_first_hour.py::test_predict_goes_on_past_a_bad_image"],
     ),
     "predict-partial-exit-0": (
         "predict exits 0 although an image could not be read",
-        [("d2lft/cli.py", "        return EXIT_PARTIAL", "        return 0")],
+        [("d2lft/cli.py", "cmd_predict", "return EXIT_PARTIAL", "return 0")],
         ["tests/test_first_hour.py::test_predict_goes_on_past_a_bad_image"],
     ),
     "show-mistakes-0-empty-list": (
@@ -1013,8 +1057,9 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
-                "    if mistakes and args.show_mistakes > 0:",
-                "    if mistakes:",
+                "cmd_evaluate",
+                "if mistakes and args.show_mistakes > 0:",
+                "if mistakes:",
             )
         ],
         ["tests/test_first_hour.py::test_show_mistakes_0_prints_only_their_number"],
@@ -1041,6 +1086,7 @@ MUTANTS = {
         [
             (
                 "d2lft/launch.py",
+                "_Job.__enter__",
                 "self._old[sig] = signal.signal(sig, self._on_signal)",
                 "self._old[sig] = signal.getsignal(sig)",
             )
@@ -1052,7 +1098,7 @@ MUTANTS = {
     ),
     "launcher-no-kill-after-grace": (
         "what ignores the relayed signal is never killed: the launcher waits for ever",
-        [("d2lft/launch.py", "os.kill(pid, signal.SIGKILL)", "os.kill(pid, 0)")],
+        [("d2lft/launch.py", "_Job.stop", "os.kill(pid, signal.SIGKILL)", "os.kill(pid, 0)")],
         [
             "tests/test_launcher_signals.py::"
             "test_what_ignores_the_signal_is_killed_after_the_grace_period"
@@ -1060,7 +1106,7 @@ MUTANTS = {
     ),
     "launcher-loses-grandchildren": (
         "processes in sessions of their own (torchrun's workers) are not tracked",
-        [("d2lft/launch.py", "self.family.update(_descendants(p.pid))", "pass")],
+        [("d2lft/launch.py", "_Job.remember", "self.family.update(_descendants(p.pid))", "pass")],
         [
             "tests/test_launcher_signals.py::"
             "test_what_ignores_the_signal_is_killed_after_the_grace_period"
@@ -1071,6 +1117,7 @@ MUTANTS = {
         [
             (
                 "d2lft/launch.py",
+                "_Job._copy",
                 'if line.startswith("d2lft") and line not in self._shown:',
                 "if line not in self._shown:",
             )
@@ -1082,7 +1129,7 @@ MUTANTS = {
     ),
     "launcher-interrupt-said-failed": (
         "a signalled job is reported as 'the 2-worker job failed (exit status 130)'",
-        [("d2lft/cli.py", "    if outcome.signal:", "    if False:")],
+        [("d2lft/cli.py", "_job_ended", "if outcome.signal:", "if False:")],
         [
             "tests/test_launcher_signals.py::"
             "test_a_signal_to_the_launcher_stops_the_whole_job[mxnet-SIGINT]"
@@ -1090,7 +1137,14 @@ MUTANTS = {
     ),
     "cli-error-no-flag": (
         "a library error's parameter is not named by its flag (serve --checkpoint)",
-        [("d2lft/cli.py", 'return f"{flag}: {text}" if flag else text', "return text")],
+        [
+            (
+                "d2lft/cli.py",
+                "_error_line",
+                'return f"{flag}: {text}" if flag else text',
+                "return text",
+            )
+        ],
         ["tests/test_messages.py", "-k", "missing_checkpoint"],
     ),
     "fifo-said-missing": (
@@ -1098,6 +1152,7 @@ MUTANTS = {
         [
             (
                 "d2lft/_sys/errors.py",
+                "not_a_file",
                 'return f"not a regular file but {kind}"',
                 'return "no such file"',
             )
@@ -1109,6 +1164,7 @@ MUTANTS = {
         [
             (
                 "d2lft/_sys/atomic.py",
+                "atomic_path",
                 "if err.errno is None or err.filename not in (None, os.fspath(tmp)):",
                 "if err.errno is None or err.filename is not None:",
             )
@@ -1120,6 +1176,7 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
+                "main",
                 "shown, warnings.showwarning = warnings.showwarning, _show_warning(args.command)",
                 "shown = warnings.showwarning",
             )
