@@ -245,14 +245,12 @@ def own_folder(folder, flag: str = ""):
         return
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(os.fspath(folder / OWNER_LOCK))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
+    lock = _try_lock(folder / OWNER_LOCK)
+    if lock is None:
         raise FolderInUse(
             f"{flag}{folder} is being written by another run ({_owner_info(folder)}); wait "
             f"for it to finish, stop it, or choose another output folder"
-        ) from None
+        )
     _OWNED[key] = [lock, 1]
     _set_owned_env()
     try:
@@ -269,14 +267,34 @@ def own_folder(folder, flag: str = ""):
     finally:
         del _OWNED[key]
         _set_owned_env()
-        with contextlib.suppress(OSError):
-            os.unlink(folder / OWNER_INFO)
+        for name in (OWNER_INFO, OWNER_LOCK):  # removed while held (see _try_lock)
+            with contextlib.suppress(OSError):
+                os.unlink(folder / name)
         lock.release()
         with contextlib.suppress(OSError):
-            if created and set(os.listdir(folder)) <= {OWNER_LOCK}:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(folder / OWNER_LOCK)
+            if created and not os.listdir(folder):
                 os.rmdir(folder)
+
+
+def _try_lock(path: pathlib.Path, tries: int = 20):
+    """The lock file `path`, locked without waiting; None when another process holds
+    it. Its owner removes it before letting go, so a lock taken on a file that has
+    meanwhile been removed (or replaced) is let go and taken again on the file there."""
+    for _ in range(tries):
+        lock = filelock.FileLock(os.fspath(path))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return None
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        try:
+            current = os.stat(path)
+            if fd is None or os.path.samestat(current, os.fstat(fd)):
+                return lock
+        except OSError:  # removed meanwhile
+            pass
+        lock.release()
+    return None
 
 
 __all__ = [
