@@ -201,7 +201,10 @@ def test_second_train_into_the_same_out_is_refused_at_once_naming_the_first(tiny
     )  # who owned it is forgotten once A ends
 
 
-def test_api_checkpoint_folder_is_owned_by_its_run_until_that_process_ends(tiny, tmp_path):
+def test_api_checkpoint_folder_is_owned_by_its_run_until_that_process_ends(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("D2LFT_HOME", str(tmp_path / "home"))
     run = tmp_path / "run"
     ready = tmp_path / "ready"
     code = (
@@ -220,6 +223,12 @@ def test_api_checkpoint_folder_is_owned_by_its_run_until_that_process_ends(tiny,
             with pytest.raises(locks.FolderInUse, match=f"pid {holder.pid} on .*-c .*own_folder"):
                 d2lft.train_fine_tuning(net, 1e-3, 4, 1, **kw)
             assert not (run / "checkpoint.safetensors").exists()
+            # the commands that train refuse it too, at once
+            sweep = ["sweep", *train_argv(tiny, run)[2:], "--lrs", "1e-3", "--modes", "scratch"]
+            for argv in (train_argv(tiny, run), ["compare", *train_argv(tiny, run)[2:]], sweep):
+                assert cli.main(argv) == 2
+                one_line(capsys.readouterr().err, "--out", f"another run (pid {holder.pid} ")
+            assert sorted(os.listdir(run)) == sorted([locks.OWNER_LOCK, locks.OWNER_INFO])
             holder.send_signal(signal.SIGKILL)  # its lock dies with it
             holder.wait(timeout=LIMIT)
             h = d2lft.train_fine_tuning(net, 1e-3, 4, 1, **kw)
