@@ -47,10 +47,11 @@ def _write(folder: pathlib.Path, data: dict) -> None:
 
 
 def _update(folder: pathlib.Path, change) -> None:
-    with locked(folder / (RECORD + ".lock"), "recording what d2lft wrote", timeout=60):
+    with locked(folder / (RECORD + ".lock"), "recording what d2lft wrote", timeout=60) as held:
         data = _read(folder)
         change(data)
         _write(folder, data)
+        held.done()  # no lock file left beside the user's files
 
 
 def record(*paths) -> None:
