@@ -27,6 +27,8 @@ import time
 
 import pytest
 from conftest import REPO, make_image_folder
+from test_hostile import TRAIN
+from test_hostile import child_env as hostile_env
 
 import d2lft
 from d2lft import cli
@@ -74,19 +76,12 @@ def hook(tmp_path_factory):
 
 
 def child_env(home, hook=None, **extra):
-    env = dict(
-        os.environ,
-        D2LFT_HOME=str(home),
-        D2LFT_PROGRESS="0",
-        MPLBACKEND="Agg",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(
-            [str(REPO), *([str(hook)] if hook else []), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
-    for name in ("D2LFT_DEBUG", locks.OWNED_ENV):
-        env.pop(name, None)
-    env.update({k: str(v) for k, v in extra.items()})
+    """test_hostile's environment for a child, with this checkout (and `hook`) first
+    on its path and no folder owned by this process passed down."""
+    env = hostile_env(home, **extra)
+    path = [str(REPO), *([str(hook)] if hook else []), os.environ.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    env.pop(locks.OWNED_ENV, None)
     return env
 
 
@@ -116,23 +111,8 @@ def started(argv, env):
 
 
 def train_argv(data, out, *extra):
-    return [
-        "train",
-        "scratch",
-        "--backend",
-        "torch",
-        "--data-dir",
-        str(data),
-        "--epochs",
-        "1",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "4",
-        "--out",
-        str(out),
-        *map(str, extra),
-    ]
+    """test_hostile's tiny `train scratch` (torch, 1 epoch, 16 px; a later flag wins)."""
+    return [*TRAIN, "--data-dir", str(data), "--out", str(out), *map(str, extra)]
 
 
 def files_of(folder) -> dict:
