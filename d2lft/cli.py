@@ -360,16 +360,20 @@ def cmd_train(args):
     out = pathlib.Path(args.out).expanduser()
     is_file = os.path.lexists(out) and not out.is_dir()
     with contextlib.nullcontext() if in_job or is_file else cli_guard.own_out(args.out):
-        cli_guard.check_run_out(args.out, resume=args.resume, overwrite=args.overwrite)
-        if args.nproc is None and args.nnodes == 1:
-            args.nproc = _ddp_gpus(args)
-        if args.nproc is not None or args.nnodes > 1:
-            return _launch(args)
-        _use_backend(args.backend)
-        job = _prepare(args.mode, args, _data_source(args), args.out)
-        h = _run(job)
-        if job.plan.rank == 0:
-            _print_outputs(args.out)
+        return _train(args)
+
+
+def _train(args):
+    cli_guard.check_run_out(args.out, resume=args.resume, overwrite=args.overwrite)
+    if args.nproc is None and args.nnodes == 1:
+        args.nproc = _ddp_gpus(args)
+    if args.nproc is not None or args.nnodes > 1:
+        return _launch(args)
+    _use_backend(args.backend)
+    job = _prepare(args.mode, args, _data_source(args), args.out)
+    h = _run(job)
+    if job.plan.rank == 0:
+        _print_outputs(args.out)
     return 0 if h.completed else EXIT_INTERRUPTED
 
 
