@@ -7,6 +7,7 @@ Backend-neutral: a framework is reached only through the active backend's packag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -15,6 +16,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from ._sys.locks import own_folder
 from .backends import _registry
 from .data import hub
 from .data.decode_cache import get_cache, plan_store
@@ -344,18 +346,21 @@ def train(net, plan: TrainPlan, callbacks: Sequence = ()) -> History:
     if plan.run.resume_from is not None:
         start_epoch = ckpt.resume_into(net, plan.run.resume_from, history)
     callback_list = cb.CallbackList([*default_callbacks(plan), *callbacks])
-    return fit(
-        lambda: backend.make_runner(net, plan),
-        num_epochs=plan.num_epochs,
-        learning_rate=plan.learning_rate,
-        seed=plan.run.seed,
-        seed_everything=backend.seed_everything,
-        history=history,
-        callbacks=callback_list,
-        net=net,
-        start_epoch=start_epoch,
-        job=plan.job,
-    )
+    # the run owns its checkpoint folder while it runs: a second run into it is refused
+    folder = plan.run.checkpoint_dir if plan.rank == 0 else None
+    with contextlib.nullcontext() if folder is None else own_folder(folder):
+        return fit(
+            lambda: backend.make_runner(net, plan),
+            num_epochs=plan.num_epochs,
+            learning_rate=plan.learning_rate,
+            seed=plan.run.seed,
+            seed_everything=backend.seed_everything,
+            history=history,
+            callbacks=callback_list,
+            net=net,
+            start_epoch=start_epoch,
+            job=plan.job,
+        )
 
 
 def train_on_batches(

@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 
 from . import api, cli_guard, launch, plot
+from ._sys import outputs
 from ._sys.atomic import atomic_write_text
 from ._sys.errors import not_a_file, param_of
 from ._version import __version__
@@ -338,10 +339,13 @@ def _run(job: _Job):
             flush=True,
         )
         job.out.mkdir(parents=True, exist_ok=True)
-        if job.overwrite:  # --overwrite: the earlier run's files go now
-            cli_guard.clear_run(job.out)
-    h = api.train(job.net, plan)
+    # --overwrite: the earlier run goes once this one has a checkpoint to put in its place
+    replace = cli_guard.ReplaceRun(job.out) if job.overwrite and plan.rank == 0 else None
+    h = api.train(job.net, plan, [replace] if replace else [])
     if plan.rank != 0:
+        return h
+    if replace and not replace.done:  # no epoch: nothing to replace the earlier run with
+        print(f"no epoch completed: {job.out} is left as it was", flush=True)
         return h
     h.config.update(mode=job.mode)
     h.to_json(job.out / "metrics.json")
@@ -362,6 +366,17 @@ def _run(job: _Job):
 def cmd_train(args):
     if args.mode == "scratch" and args.pretrained not in (None, "none"):
         raise ValueError("--pretrained is for 'finetune'; 'scratch' starts from random weights")
+    # the run owns --out until it ends (a launcher for its workers too; a worker of a
+    # job started elsewhere owns it through train's own lock, rank 0's), so a second
+    # run into it is refused at once, whatever the first has written so far
+    in_job = torchrun_world() or dmlc_role()
+    out = pathlib.Path(args.out).expanduser()
+    is_file = os.path.lexists(out) and not out.is_dir()
+    with contextlib.nullcontext() if in_job or is_file else cli_guard.own_out(args.out):
+        return _train(args)
+
+
+def _train(args):
     cli_guard.check_run_out(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.nproc is None and args.nnodes == 1:
         args.nproc = _ddp_gpus(args)
@@ -467,6 +482,11 @@ def cmd_compare(args):
     cli_guard.check_outputs(
         args.out, cli_guard.COMPARE_FILES, overwrite=args.overwrite, runs=MODES
     )
+    with cli_guard.own_out(args.out):  # a second command into it is refused
+        return _compare(args)
+
+
+def _compare(args):
     backend = _use_backend(args.backend)
     source = _data_source(args)
     out = pathlib.Path(args.out)
@@ -507,6 +527,11 @@ def cmd_compare(args):
 
 def cmd_sweep(args):
     cli_guard.check_outputs(args.out, cli_guard.SWEEP_FILES, overwrite=args.overwrite)
+    with cli_guard.own_out(args.out):  # a second command into it is refused
+        return _sweep(args)
+
+
+def _sweep(args):
     _use_backend(args.backend)
     pipeline = _pipeline(args)
     run = _run_spec(args)
@@ -591,8 +616,8 @@ def _trained_on(args, net):
 
 
 def cmd_evaluate(args):
-    if args.out and os.path.lexists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out} is a file, not a folder: choose a folder")
+    if args.out:
+        cli_guard.check_outputs(args.out, cli_guard.EVALUATE_FILES, overwrite=args.overwrite)
     net = _load(args)
     data_dir, trained_on = _trained_on(args, net)
     split = None if args.split == "all" else args.split
@@ -629,13 +654,14 @@ def cmd_evaluate(args):
         atomic_write_text(out / "evaluation.json", json.dumps(ev.to_dict(), indent=2))
         plot.close(ev.plot_confusion(out / "confusion.png"))
         plot.close(ev.plot_predictions(out / "predictions.png", n=args.grid))
+        outputs.record(*(out / n for n in cli_guard.EVALUATE_FILES))  # d2lft's, for train
         _print_outputs(out)
     return 0
 
 
 def cmd_predict(args):
     if args.out:
-        cli_guard.check_png_out(args.out)
+        cli_guard.check_png_out(args.out, overwrite=args.overwrite)
     net = _load(args)
     files = image_files(args.images)
     if not files:
@@ -656,6 +682,7 @@ def cmd_predict(args):
                 path=args.out,
             )
         )
+        outputs.record(args.out)
         print(f"wrote {args.out}")
     for path, why in bad:
         print(f"d2lft predict: error: cannot read image {path}: {why}", file=sys.stderr)
@@ -712,7 +739,7 @@ def cmd_show(args):
     class, one row per class (the book shows 8 hotdogs and 8 others)."""
     from PIL import Image
 
-    cli_guard.check_png_out(args.out)
+    cli_guard.check_png_out(args.out, overwrite=args.overwrite)
     src = _data_source(args)
     if src.is_file():
         src = hub.resolve_data_dir(src)
@@ -734,6 +761,7 @@ def cmd_show(args):
     fig = axes[0].figure
     plot.save_png(fig, args.out, photos=True)
     plot.close(fig)
+    outputs.record(args.out)
     print(f"wrote {args.out} ({len(classes)} classes x {args.n} images from {split})")
     return 0
 
@@ -763,8 +791,10 @@ def cmd_export(args):
     if is_onnx(args.checkpoint):
         raise ValueError(f"--checkpoint {args.checkpoint} is already an ONNX file")
     out = args.out or checkpoint_file(args.checkpoint).with_name("model.onnx")
+    cli_guard.check_file_out(out, overwrite=args.overwrite)
     net = _load(args)
     path = export(net, out, format=args.format)
+    outputs.record(path)  # d2lft's: a later train --out into its folder may replace it
     m = load_onnx(path)
     s = m.image_size
     print(
@@ -837,6 +867,7 @@ def _add_deploy_commands(sub):
         metavar="FILE.onnx",
         help="(default: model.onnx beside the checkpoint)",
     )
+    cli_guard.add_overwrite_flag(p, "the file", "at")
     p.set_defaults(func=cmd_export)
 
 
@@ -1058,6 +1089,7 @@ def build_parser():
         help="folder for evaluation.json, confusion.png and predictions.png "
         "(default: none, print only)",
     )
+    cli_guard.add_overwrite_flag(p, "the evaluation")
     p.add_argument(
         "--grid", type=_positive_int, default=16, help="images in predictions.png (default: 16)"
     )
@@ -1095,6 +1127,7 @@ def build_parser():
         metavar="PNG",
         help="also draw a prediction grid (default: none)",
     )
+    cli_guard.add_overwrite_flag(p, "the picture", "at")
     p.add_argument("--grid", type=_positive_int, default=16, help="(default: 16)")
     p.set_defaults(func=cmd_predict)
 
@@ -1106,6 +1139,7 @@ def build_parser():
     p.add_argument(
         "--out", default="d2lft-show.png", metavar="PNG", help="(default: d2lft-show.png)"
     )
+    cli_guard.add_overwrite_flag(p, "the picture", "at")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("info", help="what a checkpoint holds (its hash is verified)")

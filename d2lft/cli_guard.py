@@ -2,8 +2,11 @@
 streams, and how an error becomes one line that names the command's flags.
 
 - A second run into the same --out needs --resume (continue it) or --overwrite
-  (replace it); anything in --out that d2lft did not write is never written over.
-- A picture's --out replaces only a PNG file.
+  (replace it); anything in --out that d2lft did not write is never written over. A
+  run owns its --out while it runs (a second one is refused at once), and an
+  --overwrite run replaces the earlier run only once it has a checkpoint of its own.
+- Every command that writes refuses an --out that exists unless --overwrite is given;
+  a picture's --out replaces only a PNG file, an ONNX --out only a file.
 - An error d2lft can explain (bad input, a file or folder it cannot use, a limit)
   ends as one line on stderr and exit status 2 (D2LFT_DEBUG=1 shows the traceback);
   a closed output pipe ends quietly with 141.
@@ -17,22 +20,26 @@ import os
 import pathlib
 import sys
 
+from ._sys import outputs
+from ._sys.locks import own_folder
 from .data.hub import HOME_ENV
 from .data.images import _SKIP_HINT, BadImageError
-from .io.checkpoint import RUN_FILES, check_checkpoint_dir
+from .io.checkpoint import FILE_NAME, RUN_FILES, check_checkpoint_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: what `compare` and `sweep` write into their --out besides run folders
 COMPARE_FILES = ("compare.json", "compare.png")
 SWEEP_FILES = ("sweep.json", "sweep.png")
+#: what `evaluate` writes into its --out
+EVALUATE_FILES = ("evaluation.json", "confusion.png", "predictions.png")
 
 
-def add_overwrite_flag(p, what: str = "the run") -> None:
+def add_overwrite_flag(p, what: str = "the run", where: str = "in") -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help=f"replace {what} already in --out (without it, d2lft refuses to write over "
-        f"it) (default: off)",
+        help=f"replace {what} already {where} --out (without it, d2lft refuses to write "
+        f"over it) (default: off)",
     )
 
 
@@ -80,18 +87,53 @@ def check_outputs(out, names, *, overwrite: bool, runs=()) -> None:
         check_run_out(out / r, resume=False, overwrite=True)
 
 
-def clear_run(out) -> None:
-    """With --overwrite: remove d2lft's own files of the earlier run in `out`, so that
-    what is there afterwards belongs to the new run only."""
-    out = pathlib.Path(out).expanduser()
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_file():
-            path.unlink()
+def own_out(out):
+    """Own --out (created when missing) while the command writes into it: another
+    command that asks for it meanwhile is refused at once, naming this one."""
+    return own_folder(out, "--out ")
 
 
-def check_png_out(path, flag: str = "--out") -> None:
-    """Refuse a picture's --out that would replace something other than a PNG file."""
+class ReplaceRun:
+    """With --overwrite: the earlier run in `out` stays whole until the new run's first
+    checkpoint has replaced its checkpoint (atomically, by rename); then the rest of the
+    earlier run (its metrics, curve and the outputs d2lft recorded beside it, e.g. an
+    exported model.onnx) goes, so that the folder holds the new run only. A run that
+    diverges or is stopped before its first epoch ends leaves the earlier run as it was.
+    (A callback: it runs after d2lft's own, the checkpoint's writer among them.)"""
+
+    def __init__(self, out):
+        self.out = pathlib.Path(out).expanduser()
+        self.done = False
+
+    def on_epoch_end(self, state) -> None:
+        if self.done:
+            return
+        self.done = True
+        gone = [n for n in RUN_FILES if n != FILE_NAME] + sorted(outputs.written(self.out))
+        for name in gone:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.out / name)
+        outputs.forget(self.out, gone)
+
+
+def check_file_out(path, *, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse an output file's path that exists, unless --overwrite is given; a folder
+    (or anything but a file) is never replaced."""
+    path = pathlib.Path(path).expanduser()
+    if not os.path.lexists(path):
+        return
+    if not path.is_file():
+        raise ValueError(f"{flag} {path} exists and is not a file: choose another {flag}")
+    if not overwrite:
+        raise ValueError(
+            f"{flag} {path} already exists: pass --overwrite to replace it, or choose "
+            f"another {flag}"
+        )
+
+
+def check_png_out(path, flag: str = "--out", *, overwrite: bool = False) -> None:
+    """Refuse a picture's --out that would replace something other than a PNG file, or
+    a PNG file without --overwrite."""
     path = pathlib.Path(path).expanduser()
     if not os.path.lexists(path):
         return
@@ -104,6 +146,7 @@ def check_png_out(path, flag: str = "--out") -> None:
             f"{flag} {path} exists and is not a PNG picture: d2lft writes pictures only "
             f"over PNG files; choose another {flag}"
         )
+    check_file_out(path, overwrite=overwrite, flag=flag)
 
 
 def guard_streams() -> None:
@@ -175,12 +218,15 @@ def _under(path: str, folder) -> bool:
 
 __all__ = [
     "COMPARE_FILES",
+    "EVALUATE_FILES",
     "SWEEP_FILES",
+    "ReplaceRun",
     "add_overwrite_flag",
+    "check_file_out",
     "check_outputs",
     "check_png_out",
     "check_run_out",
-    "clear_run",
+    "own_out",
     "describe",
     "guard_streams",
     "silence_stdout",

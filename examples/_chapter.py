@@ -74,34 +74,58 @@ def run(backend, args):
         seed=args.seed,
     )
 
+    out = pathlib.Path(args.out) if args.out else None
+    runs = {}
+
+    def finished(name, h):
+        """Keep a run's History as soon as it ends (an interrupted one too)."""
+        runs[name] = h
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            h.to_json(out / f"{backend}-{name}.json")
+
     print(f"== {backend}: fine-tuning (lr {args.lr}) ==")
     finetune_net = d2lft.build_finetune_net(pretrained=pretrained, arch=args.arch, seed=args.seed)
-    runs = {"finetune": d2lft.train_fine_tuning(finetune_net, args.lr, **common)}
-    if not args.skip_scratch:
+    finished("finetune", d2lft.train_fine_tuning(finetune_net, args.lr, **common))
+    if not args.skip_scratch and runs["finetune"].completed:
         print(f"== {backend}: training from scratch (lr {args.scratch_lr}) ==")
         scratch_net = d2lft.build_scratch_net(arch=args.arch, seed=args.seed)
-        runs["scratch"] = d2lft.train_fine_tuning(
-            scratch_net, args.scratch_lr, param_group=False, **common
+        finished(
+            "scratch",
+            d2lft.train_fine_tuning(scratch_net, args.scratch_lr, param_group=False, **common),
         )
+    print_comparison(backend, runs, ["finetune"] if args.skip_scratch else ["finetune", "scratch"])
+    done = {name: h for name, h in runs.items() if h.epochs}
+    if out is not None and done:
+        d2lft.plot_history(
+            list(done.values()),
+            out / f"{backend}-curves.png",
+            labels=[f"{backend} {n}" for n in done],
+        )
+    if out is not None and runs:
+        print(f"wrote {out}")
+    if not all(h.completed for h in runs.values()):
+        raise KeyboardInterrupt  # stopped (Ctrl-C, SIGTERM): what was done is written
+    return runs
+
+
+def print_comparison(backend, runs, names):
+    """The table of the runs' last epochs; a run stopped before its first epoch ended,
+    or never started, gets a row that says so."""
     print(f"== {backend}: comparison ==")
     print(f"{'run':<9} {'loss':>6} {'train acc':>9} {'test acc':>8} {'examples/sec':>12}")
-    for name, h in runs.items():
-        print(
-            f"{name:<9} {h.train_loss[-1]:>6.3f} {h.train_acc[-1]:>9.3f} "
-            f"{h.test_acc[-1]:>8.3f} {h.examples_per_sec:>12.1f}"
-        )
-    if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, h in runs.items():
-            h.to_json(out / f"{backend}-{name}.json")
-        d2lft.plot_history(
-            list(runs.values()),
-            out / f"{backend}-curves.png",
-            labels=[f"{backend} {n}" for n in runs],
-        )
-        print(f"wrote {out}")
-    return runs
+    for name in names:
+        h = runs.get(name)
+        if h is not None and h.epochs:
+            stopped = "" if h.completed else f"  (stopped after {h.epochs} epoch(s))"
+            print(
+                f"{name:<9} {h.train_loss[-1]:>6.3f} {h.train_acc[-1]:>9.3f} "
+                f"{h.test_acc[-1]:>8.3f} {h.examples_per_sec:>12.1f}{stopped}"
+            )
+        elif h is not None:
+            print(f"{name:<9} stopped before its first epoch ended")
+        else:
+            print(f"{name:<9} not run")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1183,6 +1183,122 @@ MUTANTS = {
         ],
         ["tests/test_messages.py", "-k", "warnings"],
     ),
+    # issue 23: nothing lost (one owner per --out, --overwrite or refuse, the earlier
+    # run kept until the new one has a checkpoint, export's file is d2lft's, the chapter)
+    "out-lock-ignored": (
+        "a second run into a folder that another run owns is let in",
+        [("d2lft/_sys/locks.py", "    if lock is None:", "    if False:")],
+        [
+            "tests/test_outputs.py::test_second_train_into_the_same_out_is_refused_at_once_naming_the_first",
+            "tests/test_outputs.py::test_api_checkpoint_folder_is_owned_by_its_run_until_that_process_ends",
+        ],
+    ),
+    "api-checkpoint-dir-unowned": (
+        "train_fine_tuning does not own its checkpoint_dir while it runs",
+        [
+            (
+                "d2lft/api.py",
+                "folder = plan.run.checkpoint_dir if plan.rank == 0 else None",
+                "folder = None",
+            )
+        ],
+        [
+            "tests/test_outputs.py::test_api_checkpoint_folder_is_owned_by_its_run_until_that_process_ends"
+        ],
+    ),
+    "overwrite-clears-first": (
+        "--overwrite removes the earlier run's files before training starts",
+        [
+            (
+                "d2lft/cli.py",
+                "h = api.train(job.net, plan, [replace] if replace else [])",
+                "replace and replace.on_epoch_end(None)\n"
+                "    h = api.train(job.net, plan, [replace] if replace else [])",
+            )
+        ],
+        ["tests/test_outputs.py::test_overwrite_run_that_diverges_leaves_the_earlier_run_whole"],
+    ),
+    "overwrite-no-epoch-writes-metrics": (
+        "an --overwrite run stopped before its first epoch writes its empty metrics",
+        [("d2lft/cli.py", "if replace and not replace.done:", "if False:")],
+        [
+            "tests/test_outputs.py::test_overwrite_run_stopped_before_its_first_epoch_leaves_the_earlier_run"
+        ],
+    ),
+    "overwrite-keeps-old-outputs": (
+        "--overwrite leaves the earlier run's exported model.onnx beside the new run",
+        [
+            (
+                "d2lft/cli_guard.py",
+                "+ sorted(outputs.written(self.out))",
+                "+ []",
+            )
+        ],
+        ["tests/test_outputs.py::test_export_beside_the_checkpoint_does_not_block_retraining"],
+    ),
+    "export-not-recorded": (
+        "export does not record model.onnx as d2lft's: retraining there is refused",
+        [("d2lft/cli.py", "    outputs.record(path)", "    pass")],
+        ["tests/test_outputs.py::test_export_beside_the_checkpoint_does_not_block_retraining"],
+    ),
+    "recorded-outputs-ignored": (
+        "a run folder's record of d2lft's outputs is not read",
+        [("d2lft/io/checkpoint.py", "ours = written(path)", "ours = set()")],
+        ["tests/test_outputs.py::test_export_beside_the_checkpoint_does_not_block_retraining"],
+    ),
+    "recorded-output-edited": (
+        "a recorded output that the user replaced still counts as d2lft's",
+        [
+            (
+                "d2lft/_sys/outputs.py",
+                "if same and _digest(path) == list(recorded):",
+                "if path.is_file():",
+            )
+        ],
+        ["tests/test_outputs.py::test_export_beside_the_checkpoint_does_not_block_retraining"],
+    ),
+    "file-out-overwritten": (
+        "export, predict and show write over an existing --out without --overwrite",
+        [("d2lft/cli_guard.py", "    if not overwrite:", "    if False:")],
+        [
+            "tests/test_outputs.py::test_every_command_refuses_an_existing_output_without_overwrite[export]",
+            "tests/test_outputs.py::test_every_command_refuses_an_existing_output_without_overwrite[predict]",
+            "tests/test_outputs.py::test_every_command_refuses_an_existing_output_without_overwrite[show]",
+        ],
+    ),
+    "evaluate-out-overwritten": (
+        "evaluate --out writes over an existing evaluation.json",
+        [
+            (
+                "d2lft/cli.py",
+                "check_outputs(args.out, cli_guard.EVALUATE_FILES, overwrite=args.overwrite)",
+                "check_outputs(args.out, (), overwrite=args.overwrite)",
+            )
+        ],
+        [
+            "tests/test_outputs.py::test_every_command_refuses_an_existing_output_without_overwrite[evaluate]"
+        ],
+    ),
+    "chapter-table-indexerror": (
+        "the chapter's table fails on a run stopped before its first epoch",
+        [("examples/_chapter.py", "if h is not None and h.epochs:", "if h is not None:")],
+        ["tests/test_outputs.py::test_chapter_stopped_in_the_scratch_run_keeps_the_finetune_run"],
+    ),
+    "chapter-run-written-at-end": (
+        "the chapter writes a run's History only after both runs",
+        [("examples/_chapter.py", 'h.to_json(out / f"{backend}-{name}.json")', "pass")],
+        ["tests/test_outputs.py::test_chapter_stopped_in_the_scratch_run_keeps_the_finetune_run"],
+    ),
+    "chapter-stopped-exits-0": (
+        "the chapter stopped by SIGTERM exits 0",
+        [("examples/_chapter.py", "if not all(h.completed for h in runs.values()):", "if False:")],
+        ["tests/test_outputs.py::test_chapter_stopped_in_the_scratch_run_keeps_the_finetune_run"],
+    ),
+    "chapter-sh-installs-always": (
+        "scripts/chapter.sh runs setup.sh (pip) on every run",
+        [("scripts/chapter.sh", "if [ -x .venv/bin/python ] &&", "if false &&")],
+        ["tests/test_outputs.py::test_chapter_sh_installs_once"],
+    ),
 }
 
 

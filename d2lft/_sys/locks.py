@@ -7,6 +7,9 @@ the next run without touching a live process's files.
   process waits for it, saying so after a moment, up to ``$D2LFT_LOCK_TIMEOUT``
   seconds (default 3600). Once the guarded work is done for good, the lock file is
   removed (only a failed or killed attempt leaves one, empty and harmless).
+- :func:`own_folder` makes a process the only writer of an output folder (a run's
+  --out) for as long as it runs: a second process is refused at once with
+  :class:`FolderInUse`, whose message names the first (pid, host, start, command).
 - :func:`temp_name` names a temporary file or folder ``.<base>.<host>-<pid>.<tag>.tmp``;
   :func:`reclaim` removes those of `base` whose process (on this host) is gone.
 """
@@ -16,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import socket
 import sys
@@ -177,10 +182,138 @@ class _Held:
             os.unlink(self.path)
 
 
+#: the lock file that a folder's owner holds, and the file that says who that is
+OWNER_LOCK = ".d2lft-owner.lock"
+OWNER_INFO = ".d2lft-owner.json"
+#: folders owned by a process that started this one (``d2lft train --nproc``'s workers)
+OWNED_ENV = "D2LFT_OWNED_FOLDERS"
+_OWNED: dict[str, list] = {}  # realpath -> [lock, depth], the folders this process owns
+
+
+class FolderInUse(BlockingIOError):
+    """Another process owns (is writing into) the folder."""
+
+
+def _command(limit: int = 300) -> str:
+    """This process's command line (the interpreter's name without its folder), cut to
+    `limit` characters."""
+    argv = list(getattr(sys, "orig_argv", None) or sys.argv) or ["python"]
+    text = " ".join(shlex.join([pathlib.Path(argv[0]).name, *argv[1:]]).split())  # one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _owner_info(folder: pathlib.Path) -> str:
+    """Who owns `folder`, as recorded by its owner (waiting a moment for an owner that
+    has just taken the lock to record itself)."""
+    end = time.monotonic() + 1.0
+    while True:
+        try:
+            info = json.loads((folder / OWNER_INFO).read_text())
+            return (
+                f"pid {info['pid']} on {info['host']}, started {info['started']}: "
+                f"{info['command']}"
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() > end:
+                return "its details are not recorded"
+            time.sleep(0.05)
+
+
+#: the folders owned by the process that started this one (read once, at import)
+_INHERITED = [k for k in os.environ.get(OWNED_ENV, "").split(os.pathsep) if k]
+
+
+def _set_owned_env() -> None:
+    """Tell the processes this one starts which folders it owns."""
+    keys = list(dict.fromkeys(_INHERITED + [k for k, (lock, _) in _OWNED.items() if lock]))
+    if keys:
+        os.environ[OWNED_ENV] = os.pathsep.join(keys)
+    else:
+        os.environ.pop(OWNED_ENV, None)
+
+
+@contextlib.contextmanager
+def own_folder(folder, flag: str = ""):
+    """Make this process the only writer of `folder` (created when missing) while the
+    block runs, through a lock file in it (``fcntl.flock``: the system drops it when
+    the process dies, even by SIGKILL). Another process that asks for the same folder
+    meanwhile gets :class:`FolderInUse` at once, naming the owner (pid, host, start
+    time, command); `flag` (e.g. ``"--out "``) prefixes the folder in that message.
+    Re-entrant within a process, and inherited by the processes it starts (a
+    distributed job's workers write where their launcher owns). A folder this call
+    created and that is still empty afterwards is removed."""
+    folder = pathlib.Path(folder).expanduser()
+    key = os.path.realpath(folder)
+    if key in _OWNED or key in _INHERITED:
+        entry = _OWNED.setdefault(key, [None, 0])
+        entry[1] += 1
+        try:
+            yield folder
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _OWNED[key]
+        return
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = _try_lock(folder / OWNER_LOCK)
+    if lock is None:
+        raise FolderInUse(
+            f"{flag}{folder} is being written by another run ({_owner_info(folder)}); wait "
+            f"for it to finish, stop it, or choose another output folder"
+        )
+    _OWNED[key] = [lock, 1]
+    _set_owned_env()
+    try:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "command": _command(),
+        }
+        tmp = folder / temp_name(OWNER_INFO)
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, folder / OWNER_INFO)
+        yield folder
+    finally:
+        del _OWNED[key]
+        _set_owned_env()
+        for name in (OWNER_INFO, OWNER_LOCK):  # removed while held (see _try_lock)
+            with contextlib.suppress(OSError):
+                os.unlink(folder / name)
+        lock.release()
+        with contextlib.suppress(OSError):
+            if created and not os.listdir(folder):
+                os.rmdir(folder)
+
+
+def _try_lock(path: pathlib.Path, tries: int = 20):
+    """The lock file `path`, locked without waiting; None when another process holds
+    it. Its owner removes it before letting go, so a lock taken on a file that has
+    meanwhile been removed (or replaced) is let go and taken again on the file there."""
+    for _ in range(tries):
+        lock = filelock.FileLock(os.fspath(path))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return None
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        try:
+            current = os.stat(path)
+            if fd is None or os.path.samestat(current, os.fstat(fd)):
+                return lock
+        except OSError:  # removed meanwhile
+            pass
+        lock.release()
+    return None
+
+
 __all__ = [
+    "FolderInUse",
     "LockTimeout",
     "lock_timeout",
     "locked",
+    "own_folder",
     "reclaim",
     "short_base",
     "temp_name",

@@ -231,7 +231,9 @@ class RunSpec:
     `data_dir` is ONE folder of class subfolders; hold out this fraction of each class
     as the test split (deterministic). `weight_decay`: SGD's, the book's 0.001.
     `verbose`: print the book's lines (and progress bars on a terminal).
-    `checkpoint_dir`: write a checkpoint there after every epoch (atomically).
+    `checkpoint_dir`: write a checkpoint there after every epoch (atomically); the run
+    owns that folder while it runs (another run into it meanwhile raises
+    BlockingIOError naming this one).
     `resume`: a checkpoint file or folder to continue from (True: `checkpoint_dir`).
     """
 

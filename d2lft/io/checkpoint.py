@@ -37,6 +37,7 @@ import numpy as np
 from safetensors import safe_open
 
 from .._sys.errors import naming, not_a_file
+from .._sys.outputs import written
 from .._version import __version__
 from ..backends import _registry
 from ..data.images import MEAN, STD, test_resize
@@ -138,7 +139,8 @@ def check_checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
     """Refuse (CheckpointError), before any training, a `checkpoint_dir` where writing
     checkpoints would replace or mix with what is not d2lft's: an existing file that
     is not a d2lft checkpoint (your data, the training zip), or a folder holding files
-    that d2lft did not write (anything but :data:`RUN_FILES`, hidden files and
+    that d2lft did not write (anything but :data:`RUN_FILES`, the outputs d2lft
+    recorded there unchanged, e.g. an exported model.onnx, hidden files and
     subfolders). A new folder, or one with d2lft's own outputs, is fine: a checkpoint
     replaces a checkpoint. Returns the checkpoint file's path."""
     path = pathlib.Path(path).expanduser()
@@ -150,6 +152,9 @@ def check_checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
             for p in path.iterdir()
             if not p.name.startswith(".") and p.name not in RUN_FILES and not p.is_dir()
         )
+        if foreign:
+            ours = written(path)
+            foreign = [n for n in foreign if n not in ours]
         if foreign:
             shown = ", ".join(foreign[:4]) + (" ..." if len(foreign) > 4 else "")
             raise CheckpointError(
