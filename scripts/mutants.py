@@ -673,7 +673,7 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
-                "cmd_train",
+                "_train",
                 "return 0 if h.completed else EXIT_INTERRUPTED",
                 "return 0",
             )
@@ -685,7 +685,7 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
-                "cmd_compare",
+                "_compare",
                 "return 0 if all(h.completed for h in hs) else EXIT_INTERRUPTED",
                 "return 0",
             )
@@ -697,7 +697,7 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
-                "cmd_sweep",
+                "_sweep",
                 "return EXIT_INTERRUPTED  # Ctrl-C or SIGTERM ended the sweep (its rows are kept)",
                 "return 0",
             )
@@ -763,7 +763,8 @@ MUTANTS = {
             (
                 "d2lft/data/hub.py",
                 "download_hotdog",
-                "archive, extracted, marker=sha1, check=functools.partial(check_splits, min_classes=2)",
+                "archive, extracted, marker=sha1, check=functools.partial(check_splits, "
+                "min_classes=2)",
                 "archive, extracted, marker=sha1, check=check_splits",
             )
         ],
@@ -952,7 +953,8 @@ MUTANTS = {
             (
                 "d2lft/cli.py",
                 "_trained_on",
-                'recorded = cfg.get("data_source") if "data_source" in cfg else cfg.get("data_dir")',
+                'recorded = cfg.get("data_source") if "data_source" in cfg else '
+                'cfg.get("data_dir")',
                 "recorded = None",
             )
         ],
@@ -964,7 +966,8 @@ MUTANTS = {
             (
                 "d2lft/api.py",
                 "plan_run",
-                "data_source=None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),",
+                "data_source=None if data_dir is None else "
+                "os.path.abspath(os.path.expanduser(data_dir)),",
                 "data_source=None if data_dir is None else str(data_dir),",
             )
         ],
@@ -1187,7 +1190,7 @@ MUTANTS = {
     # run kept until the new one has a checkpoint, export's file is d2lft's, the chapter)
     "out-lock-ignored": (
         "a second run into a folder that another run owns is let in",
-        [("d2lft/_sys/locks.py", "    if lock is None:", "    if False:")],
+        [("d2lft/_sys/locks.py", "own_folder", "if lock is None:", "if False:")],
         [
             "tests/test_outputs.py::test_second_train_into_the_same_out_is_refused_at_once_naming_the_first",
             "tests/test_outputs.py::test_api_checkpoint_folder_is_owned_by_its_run_until_that_process_ends",
@@ -1198,6 +1201,7 @@ MUTANTS = {
         [
             (
                 "d2lft/api.py",
+                "train",
                 "folder = plan.run.checkpoint_dir if plan.rank == 0 else None",
                 "folder = None",
             )
@@ -1211,16 +1215,25 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
+                "_run",
                 "h = api.train(job.net, plan, [replace] if replace else [])",
                 "replace and replace.on_epoch_end(None)\n"
-                "    h = api.train(job.net, plan, [replace] if replace else [])",
+                "h = api.train(job.net, plan, [replace] if replace else [])",
             )
         ],
         ["tests/test_outputs.py::test_overwrite_run_that_diverges_leaves_the_earlier_run_whole"],
     ),
     "overwrite-no-epoch-writes-metrics": (
         "an --overwrite run stopped before its first epoch writes its empty metrics",
-        [("d2lft/cli.py", "if replace and not replace.done:", "if False:")],
+        [
+            (
+                "d2lft/cli.py",
+                "_run",
+                "if replace and not replace.done:  # no epoch: nothing to replace the earlier "
+                "run with",
+                "if False:  # no epoch: nothing to replace the earlier run with",
+            )
+        ],
         [
             "tests/test_outputs.py::test_overwrite_run_stopped_before_its_first_epoch_leaves_the_earlier_run"
         ],
@@ -1230,20 +1243,37 @@ MUTANTS = {
         [
             (
                 "d2lft/cli_guard.py",
-                "+ sorted(outputs.written(self.out))",
-                "+ []",
+                "ReplaceRun.on_epoch_end",
+                "gone = [n for n in RUN_FILES if n != FILE_NAME] + "
+                "sorted(outputs.written(self.out))",
+                "gone = [n for n in RUN_FILES if n != FILE_NAME] + []",
             )
         ],
         ["tests/test_outputs.py::test_export_beside_the_checkpoint_does_not_block_retraining"],
     ),
     "export-not-recorded": (
         "export does not record model.onnx as d2lft's: retraining there is refused",
-        [("d2lft/cli.py", "    outputs.record(path)", "    pass")],
+        [
+            (
+                "d2lft/cli.py",
+                "cmd_export",
+                "outputs.record(path)  # d2lft's: a later train --out into its folder may "
+                "replace it",
+                "pass  # d2lft's: a later train --out into its folder may replace it",
+            )
+        ],
         ["tests/test_outputs.py::test_export_beside_the_checkpoint_does_not_block_retraining"],
     ),
     "recorded-outputs-ignored": (
         "a run folder's record of d2lft's outputs is not read",
-        [("d2lft/io/checkpoint.py", "ours = written(path)", "ours = set()")],
+        [
+            (
+                "d2lft/io/checkpoint.py",
+                "check_checkpoint_dir",
+                "ours = written(path)",
+                "ours = set()",
+            )
+        ],
         ["tests/test_outputs.py::test_export_beside_the_checkpoint_does_not_block_retraining"],
     ),
     "recorded-output-edited": (
@@ -1251,6 +1281,7 @@ MUTANTS = {
         [
             (
                 "d2lft/_sys/outputs.py",
+                "written",
                 "if same and _digest(path) == list(recorded):",
                 "if path.is_file():",
             )
@@ -1259,7 +1290,7 @@ MUTANTS = {
     ),
     "file-out-overwritten": (
         "export, predict and show write over an existing --out without --overwrite",
-        [("d2lft/cli_guard.py", "    if not overwrite:", "    if False:")],
+        [("d2lft/cli_guard.py", "check_file_out", "if not overwrite:", "if False:")],
         [
             "tests/test_outputs.py::test_every_command_refuses_an_existing_output_without_overwrite[export]",
             "tests/test_outputs.py::test_every_command_refuses_an_existing_output_without_overwrite[predict]",
@@ -1271,8 +1302,10 @@ MUTANTS = {
         [
             (
                 "d2lft/cli.py",
-                "check_outputs(args.out, cli_guard.EVALUATE_FILES, overwrite=args.overwrite)",
-                "check_outputs(args.out, (), overwrite=args.overwrite)",
+                "cmd_evaluate",
+                "cli_guard.check_outputs(args.out, cli_guard.EVALUATE_FILES, "
+                "overwrite=args.overwrite)",
+                "cli_guard.check_outputs(args.out, (), overwrite=args.overwrite)",
             )
         ],
         [
@@ -1281,17 +1314,38 @@ MUTANTS = {
     ),
     "chapter-table-indexerror": (
         "the chapter's table fails on a run stopped before its first epoch",
-        [("examples/_chapter.py", "if h is not None and h.epochs:", "if h is not None:")],
+        [
+            (
+                "examples/_chapter.py",
+                "print_comparison",
+                "if h is not None and h.epochs:",
+                "if h is not None:",
+            )
+        ],
         ["tests/test_outputs.py::test_chapter_stopped_in_the_scratch_run_keeps_the_finetune_run"],
     ),
     "chapter-run-written-at-end": (
         "the chapter writes a run's History only after both runs",
-        [("examples/_chapter.py", 'h.to_json(out / f"{backend}-{name}.json")', "pass")],
+        [
+            (
+                "examples/_chapter.py",
+                "finished",
+                'h.to_json(out / f"{backend}-{name}.json")',
+                "pass",
+            )
+        ],
         ["tests/test_outputs.py::test_chapter_stopped_in_the_scratch_run_keeps_the_finetune_run"],
     ),
     "chapter-stopped-exits-0": (
         "the chapter stopped by SIGTERM exits 0",
-        [("examples/_chapter.py", "if not all(h.completed for h in runs.values()):", "if False:")],
+        [
+            (
+                "examples/_chapter.py",
+                "run",
+                "if not all(h.completed for h in runs.values()):",
+                "if False:",
+            )
+        ],
         ["tests/test_outputs.py::test_chapter_stopped_in_the_scratch_run_keeps_the_finetune_run"],
     ),
     "chapter-sh-installs-always": (
