@@ -678,6 +678,7 @@ def cmd_export(args):
 def cmd_serve(args):
     web.require_web()  # these fail before a framework loads
     web.bind(args.host, args.port).close()
+    web.check_host_names(args.allow_host)
     web.serve(
         _load(args),
         host=args.host,

@@ -744,6 +744,53 @@ def test_the_server_answers_under_a_low_file_limit(run, tmp_path):
     assert "Too many open files" not in err and "Traceback" not in err, err
 
 
+def test_the_file_limit_is_raised_toward_the_hard_limit_and_the_cap_fits_it(tmp_path):
+    """connection_budget (no model needed): with room under the hard limit the soft
+    one is raised and --max-connections kept; without, the cap is lowered with a
+    warning; with no room at all, a message saying to raise `ulimit -n`."""
+    resource = pytest.importorskip("resource")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2000:
+        pytest.skip(f"the hard file limit here is {hard}, too low to raise the soft one to 1000+")
+    code = (
+        "import json, resource\n"
+        "from d2lft.deploy import serve as web\n"
+        "N = resource.RLIMIT_NOFILE\n"
+        "out = {'raised': web.connection_budget(1000), 'soft': resource.getrlimit(N)[0]}\n"
+        "resource.setrlimit(N, (300, 300))\n"
+        "out['capped'] = web.connection_budget(1000)\n"
+        "resource.setrlimit(N, (60, 60))\n"
+        "try:\n"
+        "    web.connection_budget(1000)\n"
+        "except ValueError as err:\n"
+        "    out['none'] = str(err)\n"
+        "print(json.dumps(out))\n"
+    )
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        preexec_fn=limit,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["raised"] == [1000, None] and 1000 < out["soft"] < 2000
+    cap, warning = out["capped"]
+    assert 0 < cap < 300 - 2 * web.BACKLOG and f"room for {cap} connections" in warning
+    assert "ulimit -n 300" in warning
+    assert "ulimit -n 60" in out["none"] and "raise it" in out["none"]
+
+
 # --------------------------------------------------------------------------- the browser
 
 

@@ -289,6 +289,23 @@ def _host_name(value: str) -> str | None:
     return name
 
 
+def check_host_names(names: Sequence[str] | str) -> list[str]:
+    """`names` (for `allow_hosts`, ``--allow-host``) as a list; ValueError for one
+    that is not a bare host name."""
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        ok = isinstance(name, str) and (
+            re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9])?", name.lower())
+            or _is_ip(name.strip("[]"))
+        )
+        if not ok:
+            raise ValueError(
+                f"--allow-host {name!r} is not a host name: give the name people type, "
+                f"such as mybox.lan (no http://, no port)"
+            )
+    return names
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -322,7 +339,10 @@ class _Guard:
     SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
     def __init__(self, app, allowed_hosts: Sequence[str], csp: str):
-        self.app = app
+        from starlette.datastructures import Headers
+        from starlette.responses import PlainTextResponse
+
+        self.app, self.Headers, self.PlainText = app, Headers, PlainTextResponse
         self.allowed = {"localhost"} | {h.strip("[]").lower() for h in allowed_hosts}
         self.headers = [
             (b"content-security-policy", csp.encode()),
@@ -349,10 +369,7 @@ class _Guard:
                 message = dict(message, headers=[*message.get("headers", []), *self.headers])
             await send(message)
 
-        from starlette.datastructures import Headers
-        from starlette.responses import PlainTextResponse
-
-        headers = Headers(scope=scope)
+        headers = self.Headers(scope=scope)
         host = headers.get("host", "")
         name = _host_name(host)
         if name is None or not (name in self.allowed or _is_ip(name)):
@@ -361,12 +378,12 @@ class _Guard:
                 f"(a guard against DNS rebinding); open it by its address, or start "
                 f"d2lft serve with --allow-host {name or 'NAME'}\n"
             )
-            await PlainTextResponse(message, status_code=400)(scope, receive, secured)
+            await self.PlainText(message, status_code=400)(scope, receive, secured)
             return
         origin = headers.get("origin")
         if scope["method"] not in self.SAFE and not self.same_origin(origin, host):
             message = f"refused: a request from another site ({origin}) cannot use this page\n"
-            await PlainTextResponse(message, status_code=403)(scope, receive, secured)
+            await self.PlainText(message, status_code=403)(scope, receive, secured)
             return
         await self.app(scope, receive, secured)
 
@@ -748,11 +765,7 @@ def serve(
     ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    if isinstance(allow_hosts, str):
-        allow_hosts = [allow_hosts]
-    for name in allow_hosts:
-        if not isinstance(name, str) or _host_name(name) != name.strip("[]").lower():
-            raise ValueError(f"allow_hosts: {name!r} is not a host name (no port, no scheme)")
+    allow_hosts = check_host_names(allow_hosts)
     sock = bind(host, port)  # before loading: a taken port fails fast
     try:
         served = model if isinstance(model, ServedModel) else load_model(model)
