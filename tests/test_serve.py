@@ -361,6 +361,23 @@ def test_an_onnx_model_is_served(run):
     assert status == 200 and [r["label"] for r in body["results"]] == [p.label for p in ref]
 
 
+def python_c(code, cwd, **popen):
+    """`python -c code` in `cwd`, with this checkout's d2lft first on its path, its
+    stdout and stderr piped (text)."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        **popen,
+    )
+
+
 def _line(proc, needle, timeout=60):
     """The first line of `proc`'s stdout that contains `needle`."""
     out, done = [], threading.Event()
@@ -394,17 +411,7 @@ def test_serve_cli_without_torch_or_mxnet(run, tmp_path):
         "assert sys.modules['torch'] is None and sys.modules['mxnet'] is None\n"
         "sys.exit(rc)\n"
     )
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = python_c(code, tmp_path)
     try:
         line = _line(proc, "Ctrl-C to stop")
         url = line.split(" at ")[1].split()[0]
@@ -708,18 +715,7 @@ def test_the_server_answers_under_a_low_file_limit(run, tmp_path):
         f"sys.exit(cli.main(['serve', '--checkpoint', {str(model)!r}, '--port', '0', "
         "'--max-connections', '1000', '--header-timeout', '60', '--allow-host', 'hotdog.lan']))\n"
     )
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        preexec_fn=low_limit,
-    )
+    proc = python_c(code, tmp_path, preexec_fn=low_limit)
     socks = []
     try:
         url = _line(proc, "Ctrl-C to stop").split(" at ")[1].split()[0]
@@ -770,20 +766,10 @@ def test_the_file_limit_is_raised_toward_the_hard_limit_and_the_cap_fits_it(tmp_
     def limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        preexec_fn=limit,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    proc = python_c(code, tmp_path, preexec_fn=limit)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    out = json.loads(stdout)
     assert out["raised"] == [1000, None] and 1000 < out["soft"] < 2000
     cap, warning = out["capped"]
     assert 0 < cap < 300 - 2 * web.BACKLOG and f"room for {cap} connections" in warning
