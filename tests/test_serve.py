@@ -627,12 +627,20 @@ def open_sockets(url, n, limit=10.0):
 
 def still_open(socks):
     """How many of `socks` the server has not closed."""
-    ready = select.select(socks, [], [], 0.2)[0]
+    poll, by_fd = select.poll(), {}  # not select.select: descriptors may pass 1024
+    for sock in socks:
+        poll.register(sock, select.POLLIN)
+        by_fd[sock.fileno()] = sock
     closed = 0
-    for sock in ready:
+    for fd, _ in poll.poll(200):
+        sock = by_fd[fd]
         sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
+        try:
             closed += sock.recv(4096) == b""
+        except BlockingIOError:
+            pass
+        except ConnectionResetError:
+            closed += 1
     return len(socks) - closed
 
 

@@ -56,6 +56,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+try:
+    import resource  # the file-descriptor limit (POSIX)
+except ImportError:  # pragma: no cover (Windows)
+    resource = None
+
 from .._version import __version__
 from ..backends import _registry
 from ..data.images import to_rgb
@@ -596,6 +601,15 @@ class _GuardedProtocol:
         if self.header_timer is None and self.idle():  # the next request begins
             self.arm_header_timer()
         super().data_received(data)
+        self.watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.watch()  # a pipelined request may have begun
+
+    def watch(self) -> None:
+        """Time the body of a request whose headers have just come in; stop timing
+        one whose body is all in."""
         cycle = self.cycle
         if cycle is not None and cycle is not self.watched:  # a new request's headers
             self.watched = cycle
@@ -674,9 +688,7 @@ def connection_budget(wanted: int, backlog: int = BACKLOG) -> tuple[int, str | N
     one when `wanted` does not fit; what stays reserved: the files open now, twice
     the `backlog` (connections accepted in one go, and as many being closed) and 32
     more. ValueError when not even one connection fits."""
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit on sockets
+    if resource is None:  # Windows: no such limit on sockets
         return wanted, None
     in_use = _open_files()
     reserve = in_use + 2 * backlog + 32
