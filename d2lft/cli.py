@@ -732,8 +732,8 @@ def _add_deploy_commands(sub):
         action="append",
         default=[],
         metavar="NAME",
-        help="also answer requests for this host name, e.g. the machine's name on a LAN "
-        "(repeatable; IP addresses and localhost are always answered)",
+        help="also answer requests for this host name, e.g. the machine's name on a LAN; "
+        "repeatable (default: none; IP addresses and localhost are always answered)",
     )
     for flag, default, what in (
         ("--header-timeout", web.HEADER_TIMEOUT, "seconds a client has to send its headers"),
@@ -741,12 +741,17 @@ def _add_deploy_commands(sub):
         ("--keep-alive", web.KEEP_ALIVE, "seconds an idle connection stays open"),
     ):
         p.add_argument(
-            flag, type=_positive_float, default=default, help=f"{what} (default: {default:g})"
+            flag,
+            type=_positive_float,
+            default=default,
+            metavar="SECONDS",
+            help=f"{what} (default: {default:g})",
         )
     p.add_argument(
         "--max-connections",
         type=_positive_int,
         default=web.MAX_CONNECTIONS,
+        metavar="N",
         help=f"most connections open at once; the oldest idle one makes room "
         f"(default: {web.MAX_CONNECTIONS}, lowered to fit ulimit -n)",
     )
