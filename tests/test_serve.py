@@ -215,7 +215,9 @@ def test_page_info_and_predictions_match_the_api(run, server):
         ref = d2lft.predict(net, [root / "photos" / n for n, _ in files])
     got = body["results"]
     assert [r["name"] for r in got] == ["hotdog.jpg", "plate.png"]
-    assert [r["label"] for r in got] == [p.label for p in ref] == CLASSES
+    # the same labels as d2lft.predict (not hard-coded: this small model's confidence,
+    # 0.6 on these drawings, may land on either side of 0.5 on another CPU)
+    assert [r["label"] for r in got] == [p.label for p in ref]
     for r, p in zip(got, ref, strict=True):
         assert r["ok"] and r["probability"] == pytest.approx(p.probability, abs=1e-6)
         probs = {x["class"]: x["p"] for x in r["probabilities"]}
@@ -228,6 +230,8 @@ def test_bad_uploads_get_a_message_and_the_server_lives_on(run, strict):
     url = strict.url
     small = io.BytesIO()
     draw_photo("hotdog", np.random.default_rng(1), (120, 160)).save(small, "JPEG")
+    with d2lft.using("torch"):  # what d2lft.predict says of it (the server must agree)
+        (want,) = d2lft.predict(run[1], [web.decode_upload(small.getvalue())])
     big = io.BytesIO()
     Image.new("RGB", (300, 200), "white").save(big, "PNG")  # 60,000 px > 50,000
     status, body = post(
@@ -249,7 +253,7 @@ def test_bad_uploads_get_a_message_and_the_server_lives_on(run, strict):
     assert (
         not bad["ok"] and "300 x 200 pixels" in bad["error"] and "0.05 megapixels" in bad["error"]
     )
-    assert good["ok"] and good["label"] == "hotdog"  # one bad file spoils nothing else
+    assert good["ok"] and good["label"] == want.label  # one bad file spoils nothing else
 
     # too large: refused with 413 and a message, whether the size is declared up front
     # (Content-Length) or only seen while reading (chunked transfer); 20 MB, more
@@ -277,7 +281,7 @@ def test_bad_uploads_get_a_message_and_the_server_lives_on(run, strict):
     assert err.value.code == 405
     # still serving
     status, body = post(url, [("small.jpg", small.getvalue())])
-    assert status == 200 and body["results"][0]["label"] == "hotdog"
+    assert status == 200 and body["results"][0]["label"] == want.label
 
 
 @pytest.mark.parametrize("backend", ["torch", "mxnet"])
@@ -417,7 +421,8 @@ def test_serve_cli_without_torch_or_mxnet(run, tmp_path):
         url = line.split(" at ")[1].split()[0]
         assert url.startswith("http://127.0.0.1:") and "served by onnxruntime" in line
         status, body = post(url, photo_bytes(run, "hotdog.jpg"))
-        assert status == 200 and body["results"][0]["label"] == "hotdog"
+        (want,) = d2lft.predict(onnx_path, [run[0] / "photos" / "hotdog.jpg"])
+        assert status == 200 and body["results"][0]["label"] == want.label
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0, proc.stderr.read()
         assert proc.stdout.read().strip() == "stopped"
@@ -848,11 +853,11 @@ def test_the_page_in_a_headless_browser(run, server, strict, browser_page, tmp_p
     with d2lft.using("torch"):
         ref = d2lft.predict(net, photos[:2])
     labels = page.locator(".result[data-ok=true] .label").all_inner_texts()
-    assert labels == [p.label for p in ref] == CLASSES
+    assert labels == [p.label for p in ref]
     first = page.locator(".result").first
-    assert first.get_attribute("data-label") == "hotdog"
+    assert first.get_attribute("data-label") == ref[0].label
     assert first.locator(".bar").count() == 2
-    assert first.locator(".bar.top .cls").inner_text() == "hotdog"
+    assert first.locator(".bar.top .cls").inner_text() == ref[0].label
     # the bar's width is the probability in percent, written with one decimal; the
     # browser may normalise "91.0%" to "91%", so compare the number
     width = first.locator(".bar.top .fill").evaluate("e => e.style.width")
