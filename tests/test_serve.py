@@ -591,9 +591,9 @@ def closed_after(sock, trickle=b"", every=0.2, limit=8.0):
 
 
 def test_slow_and_idle_clients_are_cut_off(deadlines):
-    """Headers trickled at a byte per 0.2 s, a connection that sends nothing, and a
-    body trickled after its headers are all answered 408 and closed within their
-    deadlines (1 s, 1 s, 1.5 s), and the server still answers."""
+    """Headers trickled at a byte per 0.2 s and a body trickled after its headers are
+    answered 408 and closed, a connection that sends nothing is closed, all within
+    their deadlines (1 s, 1.5 s, 1 s), and the server still answers."""
     url = deadlines.url
     host = f"127.0.0.1:{address(url)[1]}"
     trickled = request("GET", "/api/info", host, [("X-Padding", "x" * 200)])
@@ -601,8 +601,13 @@ def test_slow_and_idle_clients_are_cut_off(deadlines):
         with socket.create_connection(address(url), timeout=5) as sock:
             took, data = closed_after(sock, sent)
         assert took is not None, f"{what}: still open after 8 s"
-        assert 0.8 < took < 4 and data.startswith(b"HTTP/1.1 408"), (what, took, data)
-        assert b"headers did not arrive within 1 s" in data
+        assert 0.8 < took < 4, (what, took)
+        if sent:
+            assert (
+                data.startswith(b"HTTP/1.1 408") and b"headers did not arrive within 1 s" in data
+            )
+        else:  # closed without a word: a browser's spare connection takes no 408
+            assert data == b""
 
     form, ctype = multipart([("a.jpg", b"x" * 1000)])
     whole = request("POST", "/api/predict", host, [("Content-Type", ctype)], form)

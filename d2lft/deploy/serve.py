@@ -552,6 +552,7 @@ class _GuardedProtocol:
         self.opened = time.monotonic()
         self.header_timer = self.body_timer = None
         self.watched = None  # the request whose body is being timed
+        self.spoke = False  # whether the client has sent anything yet
         self.arm_header_timer()
         self.make_room()
 
@@ -595,9 +596,13 @@ class _GuardedProtocol:
     def headers_due(self, cycle) -> None:
         self.header_timer = None
         if self.cycle is cycle and not self.transport.is_closing():
-            self.close(self.slow_headers)  # no new request since the timer was armed
+            # no new request since the timer was armed; one that never spoke is closed
+            # without an answer (a browser's spare connection: it would take a 408
+            # for the answer to its next request)
+            self.close(self.slow_headers if self.spoke else None)
 
     def data_received(self, data: bytes) -> None:
+        self.spoke = True
         if self.header_timer is None and self.idle():  # the next request begins
             self.arm_header_timer()
         super().data_received(data)
@@ -646,7 +651,7 @@ def _guarded_protocol(header_timeout: float, body_timeout: float, max_connection
 
     - a connection has `header_timeout` seconds from connecting (or from the first
       byte of its next request) until its request's headers are in, else it is
-      answered 408 and closed;
+      answered 408 (if it sent anything) and closed;
     - a request's body must be in within `body_timeout` seconds of its headers, else
       it is answered 408 (when no answer has started), logged and closed;
     - when more than `max_connections` are open, the oldest idle one (no request in
