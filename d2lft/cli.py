@@ -810,12 +810,18 @@ def cmd_export(args):
 def cmd_serve(args):
     web.require_web()  # these fail before a framework loads
     web.bind(args.host, args.port).close()
+    web.check_host_names(args.allow_host)
     web.serve(
         _load(args),
         host=args.host,
         port=args.port,
         max_upload_mb=args.max_upload_mb,
         max_files=args.max_files,
+        allow_hosts=args.allow_host,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive=args.keep_alive,
+        max_connections=args.max_connections,
     )
     return 0
 
@@ -852,6 +858,34 @@ def _add_deploy_commands(sub):
         type=_positive_int,
         default=web.MAX_FILES,
         help=f"most photos in one upload (default: {web.MAX_FILES})",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name, e.g. the machine's name on a LAN; "
+        "repeatable (default: none; IP addresses and localhost are always answered)",
+    )
+    for flag, default, what in (
+        ("--header-timeout", web.HEADER_TIMEOUT, "seconds a client has to send its headers"),
+        ("--body-timeout", web.BODY_TIMEOUT, "seconds a client has to send an upload"),
+        ("--keep-alive", web.KEEP_ALIVE, "seconds an idle connection stays open"),
+    ):
+        p.add_argument(
+            flag,
+            type=_positive_float,
+            default=default,
+            metavar="SECONDS",
+            help=f"{what} (default: {default:g})",
+        )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=web.MAX_CONNECTIONS,
+        metavar="N",
+        help=f"most connections open at once; the oldest idle one makes room "
+        f"(default: {web.MAX_CONNECTIONS}, lowered to fit ulimit -n)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -1353,6 +1353,133 @@ MUTANTS = {
         [("scripts/chapter.sh", "if [ -x .venv/bin/python ] &&", "if false &&")],
         ["tests/test_outputs.py::test_chapter_sh_installs_once"],
     ),
+    # issue 23: nobody let in (d2lft serve's doors); issue 22: the server's LAN warning
+    "serve-any-host": (
+        "d2lft serve: a request for any Host name is answered (DNS rebinding)",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "if name is None or not (name in self.allowed or _is_ip(name)):",
+                "if False:",
+            )
+        ],
+        ["tests/test_serve.py::test_host_names_and_origins_that_are_not_the_servers_are_refused"],
+    ),
+    "serve-allow-host-ignored": (
+        "d2lft serve: --allow-host names are refused like any foreign name",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                'self.allowed = {"localhost"} | {h.strip("[]").lower() for h in allowed_hosts}',
+                'self.allowed = {"localhost"}',
+            )
+        ],
+        ["tests/test_serve.py::test_host_names_and_origins_that_are_not_the_servers_are_refused"],
+    ),
+    "serve-foreign-origin": (
+        "d2lft serve: a POST from another site's page is answered",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                'if scope["method"] not in self.SAFE and not self.same_origin(origin, host):',
+                "if False:",
+            )
+        ],
+        ["tests/test_serve.py::test_host_names_and_origins_that_are_not_the_servers_are_refused"],
+    ),
+    "serve-no-security-headers": (
+        "d2lft serve: no CSP, X-Frame-Options or nosniff on the answers",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                'message = dict(message, headers=[*message.get("headers", []), *self.headers])',
+                "message = message",
+            )
+        ],
+        ["tests/test_serve.py::test_security_headers_and_no_paths_in_the_api"],
+    ),
+    "serve-csp-wrong-hash": (
+        "d2lft serve: the CSP names a hash that is not the page script's (the page stops working)",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "hashlib.sha256(t.encode())",
+                "hashlib.sha256(t.strip().encode())",
+            )
+        ],
+        ["tests/test_serve.py::test_security_headers_and_no_paths_in_the_api"],
+    ),
+    "serve-path-leak": (
+        "d2lft serve: /api/info tells clients where the checkpoint is",
+        [("d2lft/deploy/serve.py", '"source": _file_name(ck.path)', '"source": str(ck.path)')],
+        ["tests/test_serve.py::test_security_headers_and_no_paths_in_the_api"],
+    ),
+    "serve-no-header-deadline": (
+        "d2lft serve: a client that trickles its headers (or sends nothing) holds its connection",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "self.close(self.slow_headers if self.spoke else None)",
+                "pass",
+            )
+        ],
+        ["tests/test_serve.py::test_slow_and_idle_clients_are_cut_off"],
+    ),
+    "serve-no-body-deadline": (
+        "d2lft serve: a client that trickles its upload holds its connection",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "self.body_timer = self.loop.call_later(self.body_timeout, self.body_due, cycle)",
+                "self.body_timer = None",
+            )
+        ],
+        ["tests/test_serve.py::test_slow_and_idle_clients_are_cut_off"],
+    ),
+    "serve-keep-alive-ignored": (
+        "d2lft serve: --keep-alive is not passed to uvicorn",
+        [("d2lft/deploy/serve.py", "timeout_keep_alive=keep_alive,", "timeout_keep_alive=30,")],
+        ["tests/test_serve.py::test_slow_and_idle_clients_are_cut_off"],
+    ),
+    "serve-no-room": (
+        "d2lft serve: idle connections beyond --max-connections are all kept open",
+        [("d2lft/deploy/serve.py", "min(idle, key=lambda c: c.opened).close()", "pass")],
+        ["tests/test_serve.py::test_half_open_connections_beyond_the_cap_make_room"],
+    ),
+    "serve-fd-limit-ignored": (
+        "d2lft serve: the connection cap ignores the file-descriptor limit",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "cap, fd_warning = connection_budget(int(max_connections))",
+                "cap, fd_warning = int(max_connections), None",
+            )
+        ],
+        ["tests/test_serve.py::test_the_server_answers_under_a_low_file_limit"],
+    ),
+    "serve-fd-not-raised": (
+        "d2lft serve: the soft file limit is never raised toward the hard one",
+        [
+            (
+                "d2lft/deploy/serve.py",
+                "resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))",
+                "raise OSError",
+            )
+        ],
+        [
+            "tests/test_serve.py::test_the_file_limit_is_raised_toward_the_hard_limit_and_the_cap_fits_it"
+        ],
+    ),
+    "serve-disconnect-traceback": (
+        "d2lft serve: a client leaving mid-upload logs a ClientDisconnect traceback",
+        [("d2lft/deploy/serve.py", "except ClientDisconnect:", "except ImportError:")],
+        ["tests/test_serve.py::test_a_client_leaving_mid_upload_is_one_log_line"],
+    ),
+    "serve-no-lan-warning": (
+        "d2lft serve --host 0.0.0.0 does not warn that anyone on the network can use it",
+        [("d2lft/deploy/serve.py", "if not is_loopback(host):", "if False:")],
+        ["tests/test_serve.py::test_serve_warns_when_anyone_on_the_network_can_use_it"],
+    ),
 }
 
 
