@@ -1410,8 +1410,8 @@ MUTANTS = {
                 "hashes",
                 "digests = [base64.b64encode(hashlib.sha256(t.encode()).digest()).decode() for "
                 "t in found]",
-                "digests = [base64.b64encode(hashlib.sha256(t.strip().encode()).digest()).decode() "
-                "for t in found]",
+                "digests = [base64.b64encode(hashlib.sha256(t.strip().encode()).digest())"
+                ".decode() for t in found]",
             )
         ],
         ["tests/test_serve.py::test_security_headers_and_no_paths_in_the_api"],
