@@ -1,0 +1,24 @@
+"""The suite and d2lft on any CPU: precision='auto' follows the CPU's bf16 units (the
+probe patched both ways, through a whole run), and what the suite must not assume."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("units", [True, False], ids=["bf16-units", "no-bf16-units"])
+def test_auto_precision_of_a_run_follows_the_probe(backend, units, toy_data, monkeypatch):
+    """A fast run with precision='auto': torch trains in bf16 exactly where the CPU has
+    bf16 units (fp32 on an AVX2-only CPU); MXNet trains in fp32 either way."""
+    import d2lft
+    from d2lft.backends.torch import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: units)
+    net = d2lft.build_finetune_net(pretrained=False, seed=0)
+    h = d2lft.train_fine_tuning(
+        net, 0.001, 16, 1, data_dir=toy_data, image_size=32, seed=0,
+        pipeline=d2lft.FastPipeline(), run=d2lft.RunSpec(verbose=False),
+    )  # fmt: skip
+    want = "bf16" if units and backend == "torch" else "fp32"
+    assert h.config["precision_used"] == want
+    assert d2lft.FastPipeline().precision == "auto"  # the default is what was resolved
