@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny generated image folders, backend parametrisation, ../shared."""
+"""Shared fixtures: tiny generated image folders (`tiny`, `tiny_folder`, `toy_data`), a
+trained checkpoint per backend (`trained_checkpoint`), backend parametrisation, one
+torch thread by default, ../shared; and the markers of the suite's tiers (pyproject.toml:
+`-m torch`, `-m "not slow"`, ...; `bash scripts/test.sh --quick` is the quick tier)."""
 
 from __future__ import annotations
 
@@ -84,10 +87,79 @@ def shared_data():
     return SHARED_DATA
 
 
+#: the `tiny` data's defaults (a module's own `TINY = dict(...)` overrides them)
+TINY = dict(n_train=8, n_test=4, size=(36, 36))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """The one tiny-data factory: ``tiny_folder(name="hotdog", **options)`` makes a fresh
+    folder of generated images (:func:`make_image_folder`; defaults :data:`TINY`)."""
+
+    def make(name="hotdog", **options):
+        return make_image_folder(tmp_path_factory.mktemp("tiny") / name, **{**TINY, **options})
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny(request, tiny_folder):
+    """This module's tiny data, made once: :data:`TINY`, overridden by the module's own
+    ``TINY = dict(...)`` (e.g. ``dict(n_train=4, n_test=2, size=(20, 20))``)."""
+    return tiny_folder(**getattr(request.module, "TINY", {}))
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, tiny_folder):
+    """``trained_checkpoint(backend)``: the folder of a tiny 1-epoch scratch run of that
+    backend (32 px, on its own :data:`TINY` data), trained and saved once per session.
+    For tests that need some trained checkpoint, not a particular one: read it, never
+    write into it."""
+    import d2lft
+
+    made = {}
+
+    def get(backend):
+        if backend not in made:
+            data = tiny_folder("ckdata")
+            out = tmp_path_factory.mktemp(f"trained-{backend}") / "run"
+            with d2lft.using(backend):
+                net = d2lft.build_scratch_net(2, seed=0)
+                d2lft.train_fine_tuning(
+                    net, 0.01, batch_size=8, num_epochs=1, param_group=False, data_dir=data,
+                    image_size=32, seed=0, run=d2lft.RunSpec(verbose=False, checkpoint_dir=out),
+                )  # fmt: skip
+            made[backend] = out
+        return made[backend]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_by_default(request):
+    """Every test runs with one torch compute thread (tiny batches run many times faster
+    on a busy 2-core machine), except those marked ``@pytest.mark.torch_threads``, which
+    see the process's own count (d2lft's thread handling, tests/test_backend.py)."""
+    if request.node.get_closest_marker("torch_threads") is not None:
+        yield
+        return
+    try:
+        import torch
+
+        import d2lft.backends.torch  # noqa: F401  (its import sets the count: before ours)
+    except ImportError:  # pragma: no cover - environment without torch
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_torch_thread():
-    """One torch compute thread for the test: tiny batches run many times faster on a
-    busy 2-core machine (d2lft's own thread handling is tested in test_backend.py)."""
+    """One torch compute thread (the default for every test now; kept for the tests
+    that name it)."""
     import torch
 
     before = torch.get_num_threads()
@@ -96,9 +168,22 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+FRAMEWORKS = ("torch", "mxnet")
+
+
 def pytest_collection_modifyitems(config, items):
-    """A test that reads ../shared/data must say so with @pytest.mark.shared (so that
-    `-m "not shared"` deselects every one of them)."""
+    """Markers from what a test runs: ``torch`` / ``mxnet`` where a parameter (the
+    `backend` fixture's, or any other such as parity's `src`/`dst`) names the
+    framework, ``browser`` where it drives Chromium. And a test that reads ../shared/data
+    must say so with @pytest.mark.shared (so that `-m "not shared"` deselects them)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        values = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else ()
+        for name in FRAMEWORKS:
+            if name in values:
+                item.add_marker(name)
+        if "browser_page" in getattr(item, "fixturenames", ()):
+            item.add_marker("browser")
     unmarked = [
         i.nodeid
         for i in items

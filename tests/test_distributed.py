@@ -38,6 +38,8 @@ from d2lft.data.shards import shard, shard_bounds, sharded_batches
 from d2lft.engine.dist import check_shards
 from d2lft.launch import worker_argv
 
+pytestmark = pytest.mark.distributed
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5
 B, SIZE, EPOCHS, SEED = 16, 32, 2, 3
