@@ -5,6 +5,7 @@ torch thread by default, ../shared; and the markers of the suite's tiers (pyproj
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import pathlib
@@ -170,12 +171,64 @@ def one_torch_thread():
 
 FRAMEWORKS = ("torch", "mxnet")
 
+#: The quick tier (`-m quick`, `bash scripts/test.sh --quick`): per test file, the tests
+#: (fnmatch patterns on the test's name with its parameters) that show its features'
+#: happy path, cheaply; plus the book oracle and parity of a training run. A test may
+#: also carry @pytest.mark.quick itself. tests/test_portability.py checks that every
+#: pattern still matches and every test file has a quick test.
+QUICK = {
+    "test_architecture.py": ["test_no_import_cycle", "test_the_public_api_is_typed"],
+    "test_args.py": ["test_bad_learning_rate[[]*-nan]", "test_bad_counts[[]*-0-batch_size]"],
+    "test_backend.py": ["test_use_and_using_nest_and_restore", "test_env_var_selects_backend"],
+    "test_batches.py": ["test_evaluation_batches_equal_the_frameworks_own[[]*-book]"],
+    "test_benchmarks.py": ["test_mxnet_bf16_without_bf16_says_so_in_one_line"],
+    "test_book_oracle.py": ["*"],
+    "test_checkpoint.py": ["test_checkpoint_holds_what_is_needed[[]torch]", "test_epoch_seed"],
+    "test_cli.py": ["test_other_commands_in_process"],
+    "test_data.py": ["test_download_then_cache_reuse_and_single_extraction"],
+    "test_distributed.py": [],  # the slow surfaces: the full suite only
+    "test_docs_site.py": [],
+    "test_engine.py": [
+        "test_one_loop_drives_every_pipeline_with_the_documented_events[[]torch-fast]",
+        "test_history_config_is_the_options_serialised",
+    ],
+    "test_exercises.py": ["test_lr_sweep_arguments", "test_split_is_deterministic_*"],
+    "test_exif.py": ["test_decoders_turn_photos_upright[[]6]"],
+    "test_export.py": ["test_export_matches_the_framework_logits[[]torch-resnet18_v1]"],
+    "test_fast_path.py": ["test_fallback_matches_torchvision_exactly", "test_mxnet_batches"],
+    "test_file_modes.py": ["test_written_files_follow_the_umask[[]18]"],
+    "test_first_contact.py": ["test_help_shows_every_default"],
+    "test_freeze.py": ["test_freeze_trains_only_the_head[[]torch-book]"],
+    "test_gpu_decode.py": ["test_only_cuda_devices_decode"],
+    "test_heap.py": ["test_retain_reuses_the_block_then_restores"],
+    "test_hostile.py": ["test_zip_bomb_is_refused_before_anything_is_written"],
+    "test_image_folders.py": ["test_suffixes_hidden_files_and_subfolders_are_listed_alike"],
+    "test_layouts.py": ["test_the_held_out_split_rule[[]held1-*]"],
+    "test_memory_bound.py": ["test_the_budget_is_a_quarter_of_available_memory"],
+    "test_models.py": ["test_head_shape_and_10x_multiplier[[]*-2]"],
+    "test_mutants.py": ["*"],
+    "test_notebooks.py": [],
+    "test_numpy_mode.py": ["test_build_and_forward[[]numpy]"],
+    "test_parity.py": ["test_loss_trajectories_agree_step_by_step[[]resnet18_v1-mxnet-torch]"],
+    "test_pictures.py": ["test_learning_curves_have_whole_epoch_ticks[[]3-*]"],
+    "test_portability.py": ["test_auto_precision_*[[]torch-*]", "test_*_by_default"],
+    "test_predict.py": ["test_predict_names_probabilities_and_input_kinds[[]torch]"],
+    "test_serve.py": ["test_page_info_and_predictions_match_the_api"],
+    "test_train.py": ["test_scratch_learns_separable_data[[]*]", "test_history_json_file"],
+    "test_weights.py": ["test_params_move_between_backends_exactly[[]torch-mxnet-resnet18_v1]"],
+}
+
+
+def quick_patterns(item) -> list[str]:
+    return QUICK.get(pathlib.Path(str(item.fspath)).name, [])
+
 
 def pytest_collection_modifyitems(config, items):
     """Markers from what a test runs: ``torch`` / ``mxnet`` where a parameter (the
     `backend` fixture's, or any other such as parity's `src`/`dst`) names the
-    framework, ``browser`` where it drives Chromium. And a test that reads ../shared/data
-    must say so with @pytest.mark.shared (so that `-m "not shared"` deselects them)."""
+    framework, ``browser`` where it drives Chromium, ``quick`` from :data:`QUICK`. And a
+    test that reads ../shared/data must say so with @pytest.mark.shared (so that
+    `-m "not shared"` deselects them)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         values = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else ()
@@ -184,6 +237,8 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(name)
         if "browser_page" in getattr(item, "fixturenames", ()):
             item.add_marker("browser")
+        if any(fnmatch.fnmatchcase(item.name, pat) for pat in quick_patterns(item)):
+            item.add_marker("quick")
     unmarked = [
         i.nodeid
         for i in items

@@ -15,7 +15,6 @@ import sys
 
 import pytest
 
-import d2lft
 from d2lft import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -105,14 +104,8 @@ def test_the_command_offline_without_imagenet_weights(tmp_path, tiny):
 
 
 @pytest.fixture
-def run_dir(tmp_path, tiny):
-    with d2lft.using("torch"):
-        net = d2lft.build_scratch_net(seed=0)
-        h = d2lft.train_fine_tuning(
-            net, None, 4, 1, data_dir=tiny, image_size=32, run=d2lft.RunSpec(verbose=False)
-        )
-        d2lft.save_checkpoint(net, tmp_path / "run", epoch=1, history=h)
-    return tmp_path / "run"
+def run_dir(trained_checkpoint):
+    return trained_checkpoint("torch")
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,12 @@ probe patched both ways, through a whole run), and what the suite must not assum
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
+from conftest import REPO
 
 
 @pytest.mark.parametrize("units", [True, False], ids=["bf16-units", "no-bf16-units"])
@@ -53,3 +58,49 @@ def test_the_shared_trained_checkpoint_loads(backend, trained_checkpoint):
     assert ck.epoch == 1 and ck.classes == ["hotdog", "not-hotdog"]
     net = d2lft.load_checkpoint(trained_checkpoint(backend))
     assert d2lft.net_info(net).image_size == 32
+
+
+def quick_tier_expression() -> str:
+    text = (REPO / "scripts" / "test.sh").read_text()
+    return re.search(r'^QUICK="([^"]+)"$', text, re.M).group(1)
+
+
+def test_the_quick_tier_deselects_by_registered_markers(request):
+    registered = {line.split(":")[0] for line in request.config.getini("markers")}
+    named = set(re.findall(r"\w+", quick_tier_expression())) - {"not", "or", "and"}
+    assert named == {"quick", "slow", "distributed", "browser", "notebooks", "docs_site"}
+    assert named <= registered
+
+
+def test_every_test_file_says_what_it_brings_to_the_quick_tier():
+    from conftest import QUICK
+
+    assert sorted(QUICK) == sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
+
+
+@pytest.mark.slow  # collects the whole suite in a fresh interpreter
+def test_the_quick_tier_keeps_the_oracle_and_a_parity_test():
+    """`bash scripts/test.sh --quick` selects the book oracle of both backends, a parity
+    test, every pattern of the QUICK table, and no test of the slow surfaces."""
+    import fnmatch
+
+    from conftest import QUICK
+
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m"]
+    done = subprocess.run(
+        [*cmd, quick_tier_expression(), "tests"], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    ids = [ln.removeprefix("tests/") for ln in done.stdout.splitlines() if "::" in ln]
+    assert {i for i in ids if i.startswith("test_book_oracle.py")} == {
+        "test_book_oracle.py::test_torch_tab_matches_the_book",
+        "test_book_oracle.py::test_mxnet_tab_matches_the_book",
+    }
+    assert [i for i in ids if i.startswith("test_parity.py::test_loss_trajectories")]
+    slow = ("test_distributed.py", "test_notebooks.py", "test_docs_site.py", "test_bench_")
+    assert not [i for i in ids if any(s in i for s in slow) or "headless_browser" in i]
+    for name, patterns in QUICK.items():
+        names = [i.split("::", 1)[1] for i in ids if i.startswith(name + "::")]
+        for pat in patterns:
+            assert [n for n in names if fnmatch.fnmatchcase(n, pat)], (name, pat)
+        assert names or not patterns, name
