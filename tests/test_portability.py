@@ -75,7 +75,10 @@ def test_the_quick_tier_deselects_by_registered_markers(request):
 def test_every_test_file_says_what_it_brings_to_the_quick_tier():
     from conftest import QUICK
 
-    assert sorted(QUICK) == sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
+    files = {p.name for p in (REPO / "tests").glob("test_*.py")}
+    missing, stale = sorted(files - set(QUICK)), sorted(set(QUICK) - files)
+    assert not missing, f"add {missing} to QUICK in tests/conftest.py (its quick tests, or [])"
+    assert not stale, f"remove {stale} from QUICK in tests/conftest.py"
 
 
 @pytest.mark.slow  # collects the whole suite in a fresh interpreter
