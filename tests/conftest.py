@@ -171,11 +171,12 @@ def one_torch_thread():
 
 FRAMEWORKS = ("torch", "mxnet")
 
-#: The quick tier (`-m quick`, `bash scripts/test.sh --quick`): per test file, the tests
-#: (fnmatch patterns on the test's name with its parameters) that show its features'
-#: happy path, cheaply; plus the book oracle and parity of a training run. A test may
-#: also carry @pytest.mark.quick itself. tests/test_portability.py checks that every
-#: pattern still matches and every test file has a quick test.
+#: The quick tier (`bash scripts/test.sh --quick`: the `quick` tests, less any slow
+#: surface): per test file, the tests (fnmatch patterns on the test's name with its
+#: parameters) that show its features' happy path, cheaply; with the book oracle and
+#: parity tests. A test may also carry @pytest.mark.quick itself. tests/test_portability.py
+#: checks that every test file has an entry ([] for the slow surfaces) and every
+#: pattern selects a test.
 QUICK = {
     "test_architecture.py": ["test_no_import_cycle", "test_the_public_api_is_typed"],
     "test_args.py": ["test_bad_learning_rate[[]*-nan]", "test_bad_counts[[]*-0-batch_size]"],
