@@ -1520,6 +1520,23 @@ MUTANTS = {
         [("d2lft/deploy/serve.py", "serve", "if not is_loopback(host):", "if False:")],
         ["tests/test_serve.py::test_serve_warns_when_anyone_on_the_network_can_use_it"],
     ),
+    # issue 22: green on every CPU (bf16 probe) and the suite's tiers
+    "torch-auto-bf16-everywhere": (
+        "torch precision='auto': bf16 on a CPU without bf16 units (slow emulation)",
+        [
+            (
+                "d2lft/backends/torch/runtime.py",
+                'ok = cpu_has_bf16() if precision == "auto" else True',
+                "ok = True",
+            )
+        ],
+        ["tests/test_portability.py", "-k", "auto_precision and torch and no-bf16"],
+    ),
+    "mxnet-bf16-no-probe": (
+        "benchmarks/mxnet_bf16.py: no bf16 probe, a traceback on an AVX2-only CPU",
+        [("benchmarks/mxnet_bf16.py", "    why = bf16_probe()", "    why = None")],
+        ["tests/test_benchmarks.py", "-k", "avx2"],
+    ),
 }
 
 

@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny generated image folders, backend parametrisation, ../shared."""
+"""Shared fixtures: tiny generated image folders (`tiny`, `tiny_folder`, `toy_data`), a
+trained checkpoint per backend (`trained_checkpoint`), backend parametrisation, one
+torch thread by default, ../shared; and the markers of the suite's tiers (pyproject.toml:
+`-m torch`, `-m "not slow"`, ...; `bash scripts/test.sh --quick` is the quick tier)."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import pathlib
@@ -84,10 +88,79 @@ def shared_data():
     return SHARED_DATA
 
 
+#: the `tiny` data's defaults (a module's own `TINY = dict(...)` overrides them)
+TINY = dict(n_train=8, n_test=4, size=(36, 36))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """The one tiny-data factory: ``tiny_folder(name="hotdog", **options)`` makes a fresh
+    folder of generated images (:func:`make_image_folder`; defaults :data:`TINY`)."""
+
+    def make(name="hotdog", **options):
+        return make_image_folder(tmp_path_factory.mktemp("tiny") / name, **{**TINY, **options})
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny(request, tiny_folder):
+    """This module's tiny data, made once: :data:`TINY`, overridden by the module's own
+    ``TINY = dict(...)`` (e.g. ``dict(n_train=4, n_test=2, size=(20, 20))``)."""
+    return tiny_folder(**getattr(request.module, "TINY", {}))
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, tiny_folder):
+    """``trained_checkpoint(backend)``: the folder of a tiny 1-epoch scratch run of that
+    backend (32 px, on its own :data:`TINY` data), trained and saved once per session.
+    For tests that need some trained checkpoint, not a particular one: read it, never
+    write into it."""
+    import d2lft
+
+    made = {}
+
+    def get(backend):
+        if backend not in made:
+            data = tiny_folder("ckdata")
+            out = tmp_path_factory.mktemp(f"trained-{backend}") / "run"
+            with d2lft.using(backend):
+                net = d2lft.build_scratch_net(2, seed=0)
+                d2lft.train_fine_tuning(
+                    net, 0.01, batch_size=8, num_epochs=1, param_group=False, data_dir=data,
+                    image_size=32, seed=0, run=d2lft.RunSpec(verbose=False, checkpoint_dir=out),
+                )  # fmt: skip
+            made[backend] = out
+        return made[backend]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_by_default(request):
+    """Every test runs with one torch compute thread (tiny batches run many times faster
+    on a busy 2-core machine), except those marked ``@pytest.mark.torch_threads``, which
+    see the process's own count (d2lft's thread handling, tests/test_backend.py)."""
+    if request.node.get_closest_marker("torch_threads") is not None:
+        yield
+        return
+    try:
+        import torch
+
+        import d2lft.backends.torch  # noqa: F401  (its import sets the count: before ours)
+    except ImportError:  # pragma: no cover - environment without torch
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_torch_thread():
-    """One torch compute thread for the test: tiny batches run many times faster on a
-    busy 2-core machine (d2lft's own thread handling is tested in test_backend.py)."""
+    """One torch compute thread (the default for every test now; kept for the tests
+    that name it)."""
     import torch
 
     before = torch.get_num_threads()
@@ -96,9 +169,90 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+FRAMEWORKS = ("torch", "mxnet")
+
+#: The quick tier (`bash scripts/test.sh --quick`: the `quick` tests, less any slow
+#: surface): per test file, the tests (fnmatch patterns on the test's name with its
+#: parameters) that show its features' happy path, cheaply; with the book oracle and
+#: parity tests. A test may also carry @pytest.mark.quick itself. tests/test_portability.py
+#: checks that every test file has an entry ([] for the slow surfaces) and every
+#: pattern selects a test.
+QUICK = {
+    "test_architecture.py": ["test_no_import_cycle", "test_the_public_api_is_typed"],
+    "test_args.py": ["test_bad_learning_rate[[]*-nan]", "test_bad_counts[[]*-0-batch_size]"],
+    "test_backend.py": ["test_use_and_using_nest_and_restore", "test_env_var_selects_backend"],
+    "test_batches.py": ["test_evaluation_batches_equal_the_frameworks_own[[]*-book]"],
+    "test_benchmarks.py": ["test_mxnet_bf16_without_bf16_says_so_in_one_line"],
+    "test_book_oracle.py": ["*"],
+    "test_checkpoint.py": [
+        "test_checkpoint_holds_what_is_needed[[]torch]",
+        "test_ctrl_c_keeps_history_and_last_complete_checkpoint_*[[]torch]",
+    ],
+    "test_cli.py": ["test_other_commands_in_process"],
+    "test_data.py": ["test_download_then_cache_*", "test_load_hotdog_end_to_end[[]torch]"],
+    "test_distributed.py": [],  # the slow surfaces: the full suite only
+    "test_docs_site.py": [],
+    "test_engine.py": [
+        "test_one_loop_drives_every_pipeline_with_the_documented_events[[]torch-fast]",
+        "test_history_config_is_the_options_serialised",
+    ],
+    "test_exercises.py": ["test_lr_sweep_table_plot_and_divergence[[]torch]", "test_split_is_*"],
+    "test_exif.py": ["test_decoders_turn_photos_upright[[]6]"],
+    "test_export.py": ["test_export_matches_the_framework_logits[[]torch-resnet18_v1]"],
+    "test_fast_path.py": [
+        "test_fallback_matches_torchvision_exactly",
+        "test_mxnet_batches",
+        "test_fast_resume_continues_exactly[[]torch-fp32]",
+    ],
+    "test_file_modes.py": ["test_written_files_follow_the_umask[[]18]"],
+    "test_first_contact.py": ["test_help_shows_every_default"],
+    "test_freeze.py": ["test_freeze_trains_only_the_head[[]torch-book]"],
+    "test_gpu_decode.py": ["test_only_cuda_devices_decode"],
+    "test_heap.py": ["test_retain_reuses_the_block_then_restores"],
+    "test_hostile.py": ["test_zip_bomb_is_refused_before_anything_is_written"],
+    "test_image_folders.py": ["test_suffixes_hidden_files_and_subfolders_are_listed_alike"],
+    "test_layouts.py": ["test_the_held_out_split_rule[[]held1-*]", "test_training_*[[]torch]"],
+    "test_memory_bound.py": ["test_auto_is_the_default_and_runs_fast_*[[]torch]"],
+    "test_models.py": ["test_head_shape_and_10x_multiplier[[]*-2]"],
+    "test_mutants.py": ["*"],
+    "test_notebooks.py": [],
+    "test_numpy_mode.py": ["test_build_and_forward[[]numpy]"],
+    "test_parity.py": [
+        "test_logits_agree_eval_and_train_mode[[]torch-mxnet-resnet18_v1]",
+        "test_loss_trajectories_agree_step_by_step[[]resnet18_v1-mxnet-torch]",
+    ],
+    "test_pictures.py": ["test_learning_curves_have_whole_epoch_ticks[[]3-*]"],
+    "test_portability.py": ["test_auto_precision_*[[]torch-*]", "test_*_by_default"],
+    "test_predict.py": [
+        "test_predict_names_probabilities_and_input_kinds[[]torch]",
+        "test_evaluate_matches_training_accuracy_and_orders_mistakes[[]torch]",
+    ],
+    "test_serve.py": ["test_page_info_and_predictions_match_the_api"],
+    "test_train.py": ["test_scratch_learns_separable_data[[]*]", "test_history_json_file"],
+    "test_weights.py": ["test_params_move_between_backends_exactly[[]torch-mxnet-resnet18_v1]"],
+}
+
+
+def quick_patterns(item) -> list[str]:
+    return QUICK.get(pathlib.Path(str(item.fspath)).name, [])
+
+
 def pytest_collection_modifyitems(config, items):
-    """A test that reads ../shared/data must say so with @pytest.mark.shared (so that
-    `-m "not shared"` deselects every one of them)."""
+    """Markers from what a test runs: ``torch`` / ``mxnet`` where a parameter (the
+    `backend` fixture's, or any other such as parity's `src`/`dst`) names the
+    framework, ``browser`` where it drives Chromium, ``quick`` from :data:`QUICK`. And a
+    test that reads ../shared/data must say so with @pytest.mark.shared (so that
+    `-m "not shared"` deselects them)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        values = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else ()
+        for name in FRAMEWORKS:
+            if name in values:
+                item.add_marker(name)
+        if "browser_page" in getattr(item, "fixturenames", ()):
+            item.add_marker("browser")
+        if any(fnmatch.fnmatchcase(item.name, pat) for pat in quick_patterns(item)):
+            item.add_marker("quick")
     unmarked = [
         i.nodeid
         for i in items

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
 
 import d2lft
 from d2lft.backends import _registry as _backend
@@ -17,11 +16,7 @@ BAD_LR = [0, 0.0, -0.01, -1, math.nan, math.inf, -math.inf, "0.01", True, [0.01]
 BAD_COUNT = [0, -1, 2.5, "8", None, True, 1e9 + 0.5]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_image_folder(
-        tmp_path_factory.mktemp("args") / "hotdog", n_train=2, n_test=1, size=(8, 8)
-    )
+TINY = dict(n_train=2, n_test=1, size=(8, 8))  # conftest's `tiny`
 
 
 @pytest.fixture(scope="module")

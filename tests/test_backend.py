@@ -113,6 +113,7 @@ def test_gluoncv_imports_beside_torch2():
     assert line == "gluoncv True True 2.0"
 
 
+@pytest.mark.torch_threads
 def test_mxnet_import_keeps_torch_threads():
     line = run_py("""
         import torch
@@ -152,6 +153,7 @@ BUSY_THREADS = """
 """
 
 
+@pytest.mark.torch_threads
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_mxnet_computes_on_every_core():
     """MXNet's own default is half the logical processors (1 on a 2-core VM without
@@ -174,6 +176,7 @@ def test_mxnet_computes_on_every_core():
     assert int(busy) == physical_cores()
 
 
+@pytest.mark.torch_threads
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_mxnet_threads_chosen_by_the_user_are_kept():
     code = """
@@ -190,6 +193,7 @@ def test_mxnet_threads_chosen_by_the_user_are_kept():
     assert (busy, env) == ("1", "None")
 
 
+@pytest.mark.torch_threads
 def test_torch_after_mxnet_gets_default_threads():
     line = run_py("""
         import d2lft

@@ -7,6 +7,8 @@ tests keep the scripts that docs/speed.md cites working.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -170,11 +172,45 @@ def test_bench_memory_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_mxnet_bf16_tiny(tmp_path):
+    pytest.importorskip("mxnet")
     import mxnet_bf16
 
+    why = mxnet_bf16.bf16_probe()  # one real bf16 convolution, in a fresh interpreter
+    if why is not None:  # e.g. an AVX2-only CPU: oneDNN has no bf16 kernels without AVX-512
+        pytest.skip(f"MXNet cannot run bf16 on this CPU: {why}")
     args = "--image-size 32 --batch-size 4 --steps 2 --warmup 1 --rounds 1 --out"
     mxnet_bf16.main([*args.split(), str(tmp_path)])
     rec = _one(tmp_path, "*-mxnet-bf16*.json")
     assert [r["precision"] for r in rec["rows"]] == ["fp32", "bf16"]
     assert rec["rows"][1]["output_dtype"] != rec["rows"][0]["output_dtype"]  # AMP took hold
     assert all(r["finite_grads"] and r["images_per_sec"] > 0 for r in rec["rows"])
+
+
+def test_mxnet_bf16_without_bf16_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """Where the probe fails, the script prints one line, exits 0 and writes nothing."""
+    import mxnet_bf16
+
+    msg = "MXNetError: could not create a primitive descriptor iterator"
+    monkeypatch.setattr(mxnet_bf16, "bf16_probe", lambda: msg)
+    monkeypatch.setattr(mxnet_bf16.subprocess, "run", None)  # nothing is measured
+    assert mxnet_bf16.main(["--rounds", "1", "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 1, (out, err)
+    assert "cannot run bf16" in out and msg in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_mxnet_bf16_probe_on_a_cpu_limited_to_avx2(tmp_path):
+    """The real probe, with oneDNN limited to AVX2 (as on a CPU without AVX-512): the
+    script's whole output is one line, its status 0."""
+    pytest.importorskip("mxnet")
+    env = dict(os.environ, DNNL_MAX_CPU_ISA="AVX2", OMP_NUM_THREADS="1")
+    script = REPO / "benchmarks" / "mxnet_bf16.py"
+    cmd = [sys.executable, str(script), "--rounds", "1", "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "cannot run bf16" in lines[0], lines
+    assert "primitive descriptor" in lines[0]
+    assert not (tmp_path / "out").exists()

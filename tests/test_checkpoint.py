@@ -11,18 +11,6 @@ from d2lft.io import checkpoint as ck_mod
 LR = {"torch": 1e-3, "mxnet": 0.02}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny batches on a shared 2-core machine: one compute thread is many times faster
-    than two competing with other processes (measured 0.5 s vs 10 s an epoch)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def seed_framework(backend, seed):
     if backend == "torch":
         import torch
@@ -65,17 +53,7 @@ def logits(net, x):
     return net(mx.nd.array(x)).asnumpy()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from conftest import make_image_folder
-
-    return make_image_folder(
-        tmp_path_factory.mktemp("ck") / "data",
-        n_train=8,
-        n_test=4,
-        size=(36, 36),
-        classes=("cat", "dog"),
-    )
+TINY = dict(name="data", classes=("cat", "dog"))  # conftest's `tiny`
 
 
 KW = dict(batch_size=8, image_size=32, seed=5)

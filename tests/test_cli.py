@@ -18,15 +18,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from conftest import make_image_folder
-
-    return make_image_folder(
-        tmp_path_factory.mktemp("cli") / "hotdog", n_train=8, n_test=4, size=(36, 36)
-    )
-
-
 def run(args, tmp_path, console=False, check=True):
     env = dict(
         os.environ,

@@ -38,6 +38,8 @@ from d2lft.data.shards import shard, shard_bounds, sharded_batches
 from d2lft.engine.dist import check_shards
 from d2lft.launch import worker_argv
 
+pytestmark = pytest.mark.distributed
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5
 B, SIZE, EPOCHS, SEED = 16, 32, 2, 3
@@ -324,9 +326,20 @@ def _mxnet_reference(data, world=2):
     return parity.state_arrays(net)
 
 
+_REFERENCES = {}
+
+
 def reference(backend, data, world, tmp_path):
     """The reference run's parameters, computed in a fresh process with one compute
-    thread (what each worker has)."""
+    thread (what each worker has); once per backend, data and world size (several
+    tests compare with the same one)."""
+    key = (backend, str(data), world)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _reference(backend, data, world, tmp_path)
+    return _REFERENCES[key]
+
+
+def _reference(backend, data, world, tmp_path):
     out = tmp_path / f"ref-{backend}-{world}.npz"
     code = (
         f"import sys, numpy as np, pathlib; sys.path.insert(0, {str(REPO / 'tests')!r}); "

@@ -14,6 +14,8 @@ import pytest
 
 import d2lft
 
+pytestmark = pytest.mark.docs_site
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytest.importorskip("mkdocs")
 pytest.importorskip("mkdocstrings")
@@ -94,6 +96,7 @@ def browser():
     return None
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(browser() is None, reason="no headless Chromium (apt-get install chromium)")
 def test_a_real_browser_renders_the_chapter_page(site, tmp_path):
     from PIL import Image, ImageStat

@@ -17,15 +17,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from conftest import make_image_folder
-
-    return make_image_folder(
-        tmp_path_factory.mktemp("ex") / "hotdog", n_train=8, n_test=4, size=(36, 36)
-    )
-
-
 # --------------------------------------------------------------------------- exercises 1-2
 
 

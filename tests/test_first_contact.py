@@ -15,7 +15,6 @@ import sys
 
 import pytest
 
-import d2lft
 from d2lft import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -32,13 +31,7 @@ OFFLINE = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from conftest import make_image_folder
-
-    return make_image_folder(
-        tmp_path_factory.mktemp("first") / "hotdog", n_train=4, n_test=2, size=(36, 36)
-    )
+TINY = dict(n_train=4, n_test=2)  # conftest's `tiny`
 
 
 def offline_env(tmp_path):

@@ -309,11 +309,7 @@ def test_concurrent_split_of_one_folder(tmp_path):
 # --------------------------------------------------------------------------- 2. user files
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_image_folder(
-        tmp_path_factory.mktemp("tiny") / "hotdog", n_train=4, n_test=2, size=(20, 20)
-    )
+TINY = dict(n_train=4, n_test=2, size=(20, 20))  # conftest's `tiny`
 
 
 def test_checkpoint_dir_never_writes_over_what_is_not_d2lfts(tiny, tmp_path, monkeypatch):
