@@ -1526,6 +1526,7 @@ MUTANTS = {
         [
             (
                 "d2lft/backends/torch/runtime.py",
+                "resolve_precision",
                 'ok = cpu_has_bf16() if precision == "auto" else True',
                 "ok = True",
             )
@@ -1534,7 +1535,7 @@ MUTANTS = {
     ),
     "mxnet-bf16-no-probe": (
         "benchmarks/mxnet_bf16.py: no bf16 probe, a traceback on an AVX2-only CPU",
-        [("benchmarks/mxnet_bf16.py", "    why = bf16_probe()", "    why = None")],
+        [("benchmarks/mxnet_bf16.py", "main", "why = bf16_probe()", "why = None")],
         ["tests/test_benchmarks.py", "-k", "avx2"],
     ),
 }

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+import d2lft
 from d2lft import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
