@@ -53,7 +53,7 @@ def test_one_colour_per_run_train_dashed_test_solid_title_and_legend(tmp_path):
     title = fig._suptitle.get_text()
     assert "torch, mxnet backend" in title and "pets (evaluated on val/)" in title
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == ["finetune", "scratch", "train", "test"]
+    assert [t.get_text() for t in legend.get_texts()] == ["finetune", "scratch", "train", "val"]
     assert not loss.get_legend() and not acc.get_legend()  # one legend, not per panel
     plot.close(fig)
     with Image.open(tmp_path / "c.png") as im:
