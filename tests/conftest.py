@@ -140,7 +140,7 @@ def trained_checkpoint(tmp_path_factory, tiny_folder):
 def _one_torch_thread_by_default(request):
     """Every test runs with one torch compute thread (tiny batches run many times faster
     on a busy 2-core machine), except those marked ``@pytest.mark.torch_threads``, which
-    see the process's own count (d2lft's thread handling, tests/test_backend.py). Either
+    get the count d2lft gives a fresh process (its thread handling, test_backend.py). Either
     way the count is put back after the test, so no test leaves another one its count."""
     try:
         import torch
@@ -149,9 +149,13 @@ def _one_torch_thread_by_default(request):
     except ImportError:  # pragma: no cover - environment without torch
         yield
         return
+    from d2lft._sys.threads import torch_default_threads
+
     before = torch.get_num_threads()
-    if request.node.get_closest_marker("torch_threads") is None:
-        torch.set_num_threads(1)
+    marked = request.node.get_closest_marker("torch_threads") is not None
+    # a marked test starts from the count d2lft gives a fresh process, whatever an
+    # earlier import (MXNet's drops torch's threads) or test left behind
+    torch.set_num_threads(torch_default_threads() if marked else 1)
     yield
     torch.set_num_threads(before)
 
