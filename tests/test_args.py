@@ -153,7 +153,9 @@ def test_net_from_the_other_backend(built, active, tiny, monkeypatch):
     assert f"built with the {built!r} backend" in msg and f"d2lft.use({built!r})" in msg
 
 
-@pytest.mark.parametrize("thing", ["resnet18", None, 42, object()], ids=repr)
+@pytest.mark.parametrize(
+    "thing", ["resnet18", None, 42, object()], ids=["str", "None", "int", "object"]
+)
 def test_not_a_network(backend, tiny, thing):
     with pytest.raises(TypeError, match="expected a network built by d2lft"):
         d2lft.train_fine_tuning(
